@@ -1,0 +1,417 @@
+"""Tests for flax_layers.masks: exact small layouts, invariants, causality through models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flax_layers.masks import (
+    bidirectional_mask,
+    combine_masks,
+    left_to_right_mask,
+    mask_to_bias,
+    padding_mask,
+    padding_mask_from_lengths,
+    prefix_lm_mask,
+    random_order_mask,
+    right_to_left_mask,
+    seq2seq_loss,
+    unilm_mask,
+)
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _np(mask) -> np.ndarray:
+    return np.asarray(mask).astype(int)
+
+
+# --------------------------------------------------------------------------- exact matrices
+
+
+def test_padding_masks_exact():
+    ids = jnp.array([[4, 5, 0, 0], [4, 5, 6, 0]])
+    expected = np.array([[1, 1, 0, 0], [1, 1, 1, 0]])
+    got = padding_mask(ids)
+    assert got.shape == (2, 1, 1, 4) and got.dtype == jnp.bool_
+    np.testing.assert_array_equal(_np(got)[:, 0, 0], expected)
+    np.testing.assert_array_equal(_np(padding_mask(ids, pad_id=5))[:, 0, 0], [[1, 0, 1, 1]] * 2)
+    from_len = padding_mask_from_lengths(jnp.array([2, 3]), 4)
+    np.testing.assert_array_equal(_np(from_len)[:, 0, 0], expected)
+
+
+def test_simple_masks_exact():
+    np.testing.assert_array_equal(_np(bidirectional_mask(3)), np.ones((1, 1, 3, 3)))
+    ltr = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    rtl = [[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
+    np.testing.assert_array_equal(_np(left_to_right_mask(4))[0, 0], ltr)
+    np.testing.assert_array_equal(_np(right_to_left_mask(4))[0, 0], rtl)
+
+
+def test_unilm_mask_exact_with_padding():
+    # [CLS] s1 [SEP] t1 t2 [SEP] PAD, segments 0 0 0 1 1 1 0 (padding segment 0).
+    seg = jnp.array([[0, 0, 0, 1, 1, 1, 0]])
+    expected = np.array(
+        [
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1],  # the pad key shares c with the last target token ...
+            [1, 1, 1, 1, 1, 1, 1],
+        ]
+    )
+    got = unilm_mask(seg)
+    assert got.shape == (1, 1, 7, 7)
+    np.testing.assert_array_equal(_np(got)[0, 0], expected)
+    # ... which the key padding mask removes.
+    ids = jnp.array([[101, 7, 102, 8, 9, 102, 0]])
+    combined = combine_masks(got, padding_mask(ids))
+    expected_padded = expected.copy()
+    expected_padded[:, 6] = 0
+    np.testing.assert_array_equal(_np(combined)[0, 0], expected_padded)
+
+
+def test_prefix_lm_and_random_order_exact():
+    expected_prefix = np.array(
+        [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    )
+    got = prefix_lm_mask(jnp.array([3, 0]), 5)
+    np.testing.assert_array_equal(_np(got)[0, 0], expected_prefix)
+    np.testing.assert_array_equal(_np(got)[1, 0], np.tril(np.ones((5, 5))))
+    # Generation order 1, 3, 0, 2: ranks r = (2, 0, 3, 1).
+    expected_order = np.array([[1, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1]])
+    np.testing.assert_array_equal(
+        _np(random_order_mask(jnp.array([1, 3, 0, 2])))[0, 0], expected_order
+    )
+
+
+def test_combine_masks_behaviour():
+    assert combine_masks(None, None) is None
+    a = jnp.array([[[[True, False]]]])
+    b = jnp.array([[[[True], [False]]]])
+    np.testing.assert_array_equal(_np(combine_masks(a, None, b))[0, 0], [[1, 0], [0, 0]])
+    assert combine_masks(a, dtype=jnp.float32).dtype == jnp.float32
+    with pytest.raises(ValueError, match="same rank"):
+        combine_masks(a, a[0])
+    with pytest.raises(ValueError, match="broadcast"):
+        combine_masks(jnp.ones((1, 1, 2, 3), bool), jnp.ones((1, 1, 2, 4), bool))
+
+
+def test_mask_to_bias_finite_in_low_precision():
+    mask = left_to_right_mask(4)
+    for dtype in (jnp.float16, jnp.bfloat16, jnp.float32):
+        bias = mask_to_bias(mask, dtype)
+        assert bias.dtype == dtype
+        logits = jnp.full((1, 1, 4, 4), -200.0, dtype) + bias
+        assert bool(jnp.isfinite(logits).all())
+        w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        np.testing.assert_allclose(
+            np.asarray(w)[0, 0], np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None], atol=1e-6
+        )
+    with pytest.raises(TypeError, match="floating"):
+        mask_to_bias(mask, jnp.int32)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"ids must have rank 2"):
+        padding_mask(jnp.array([1, 2, 0]))
+    with pytest.raises(TypeError, match="integer"):
+        padding_mask(jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match="lengths must have rank 1"):
+        padding_mask_from_lengths(jnp.array([[1]]), 3)
+    with pytest.raises(ValueError, match="seq_len"):
+        left_to_right_mask(0)
+    with pytest.raises(ValueError, match="segment_ids must have rank 2"):
+        unilm_mask(jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        unilm_mask(jnp.array([[0, 2, 1]]))
+    with pytest.raises(ValueError, match=r"0\.\.\.0 1\.\.\.1"):
+        unilm_mask(jnp.array([[0, 1, 0, 1]]))
+    with pytest.raises(ValueError, match="permutation"):
+        random_order_mask(jnp.array([0, 0, 1]))
+    with pytest.raises(ValueError, match="permutation"):
+        random_order_mask(jnp.array([[0, 1, 2], [0, 1, 3]]))
+    with pytest.raises(ValueError, match="order must have rank"):
+        random_order_mask(jnp.zeros((1, 1, 3), jnp.int32))
+    with pytest.raises(ValueError, match="prefix_lengths"):
+        prefix_lm_mask(jnp.array(2), 4)
+    logits = jnp.zeros((2, 4, 5))
+    ids = jnp.zeros((2, 4), jnp.int32)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        seq2seq_loss(logits[0], ids, ids)
+    with pytest.raises(ValueError, match="must agree"):
+        seq2seq_loss(logits, ids[:, :3], ids[:, :3])
+    with pytest.raises(ValueError, match="mask must have shape"):
+        seq2seq_loss(logits, ids, ids, mask=ids[:, :2])
+
+
+def test_traced_inputs_skip_value_checks_and_match():
+    seg = jnp.array([[0, 0, 1, 1, 0]])
+    order = jnp.array([[2, 0, 1, 4, 3]])
+    np.testing.assert_array_equal(jax.jit(unilm_mask)(seg), unilm_mask(seg))
+    np.testing.assert_array_equal(jax.jit(random_order_mask)(order), random_order_mask(order))
+    jitted = jax.jit(prefix_lm_mask, static_argnums=1)
+    np.testing.assert_array_equal(jitted(jnp.array([2]), 5), prefix_lm_mask(jnp.array([2]), 5))
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@SETTINGS
+@given(st.integers(1, 12))
+def test_ltr_is_lower_triangular_rtl_is_transpose(n):
+    ltr = _np(left_to_right_mask(n))[0, 0]
+    np.testing.assert_array_equal(ltr, np.tril(np.ones((n, n), int)))
+    np.testing.assert_array_equal(_np(right_to_left_mask(n))[0, 0], ltr.T)
+
+
+@st.composite
+def _layouts(draw):
+    n_src = draw(st.integers(1, 6))
+    n_tgt = draw(st.integers(0, 6))
+    n_pad = draw(st.integers(0, 3))
+    return n_src, n_tgt, n_pad
+
+
+@SETTINGS
+@given(_layouts())
+def test_unilm_properties(layout):
+    n_src, n_tgt, n_pad = layout
+    seg = np.array([0] * n_src + [1] * n_tgt + [0] * n_pad)
+    m = _np(unilm_mask(jnp.asarray(seg)[None]))[0, 0]
+    src, tgt = slice(0, n_src), slice(n_src, n_src + n_tgt)
+    assert m[src, src].all()  # source sees source
+    assert not m[src, tgt].any()  # source rows never see the target
+    assert m[tgt, src].all()  # target sees the whole source
+    np.testing.assert_array_equal(m[tgt, tgt], np.tril(np.ones((n_tgt, n_tgt), int)))
+    # On the unpadded part UniLM equals a prefix LM whose prefix is the source.
+    n = n_src + n_tgt
+    pre = _np(prefix_lm_mask(jnp.array([n_src]), n))[0, 0]
+    np.testing.assert_array_equal(m[:n, :n], pre)
+
+
+@SETTINGS
+@given(st.integers(1, 8), st.randoms(use_true_random=False))
+def test_random_order_properties(n, rnd):
+    np.testing.assert_array_equal(_np(random_order_mask(jnp.arange(n))), _np(left_to_right_mask(n)))
+    np.testing.assert_array_equal(
+        _np(random_order_mask(jnp.arange(n)[::-1])), _np(right_to_left_mask(n))
+    )
+    order = list(range(n))
+    rnd.shuffle(order)
+    m = _np(random_order_mask(jnp.array(order)))[0, 0]
+    # Brute force: position order[a] may see order[b] iff b <= a.
+    ref = np.zeros((n, n), int)
+    for a in range(n):
+        for b in range(a + 1):
+            ref[order[a], order[b]] = 1
+    np.testing.assert_array_equal(m, ref)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=4), st.integers(1, 6))
+def test_combine_with_padding_matches_numpy(lengths, n):
+    lengths = np.minimum(np.array(lengths), n)
+    pad = padding_mask_from_lengths(jnp.asarray(lengths), n)
+    got = _np(combine_masks(left_to_right_mask(n), pad))
+    ref = np.tril(np.ones((n, n), int))[None] * (
+        np.arange(n)[None, None, :] < lengths[:, None, None]
+    )
+    assert got.shape == (len(lengths), 1, n, n)
+    np.testing.assert_array_equal(got[:, 0], ref)
+
+
+# --------------------------------------------------------------------------- seq2seq loss
+
+
+def _np_seq2seq_loss(logits, ids, seg, mask):
+    logits = np.asarray(logits, np.float64)
+    b, t, _ = logits.shape
+    out = np.zeros(b)
+    for i in range(b):
+        total, count = 0.0, 0.0
+        for j in range(t - 1):
+            w = seg[i, j + 1] * (1 if mask is None else mask[i, j + 1])
+            if w:
+                x = logits[i, j]
+                lse = x.max() + np.log(np.exp(x - x.max()).sum())
+                total += w * (lse - x[ids[i, j + 1]])
+                count += w
+        out[i] = total / max(count, 1)
+    return out
+
+
+@SETTINGS
+@given(st.lists(_layouts(), min_size=3, max_size=3), st.integers(0, 2**31 - 1))
+def test_seq2seq_loss_matches_numpy(layouts, seed):
+    t = 15  # fixed shapes (layouts fit in 6 + 6 + 3): one compile for all examples
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((len(layouts), t), int)
+    mask = np.zeros((len(layouts), t), int)
+    for i, (n_src, n_tgt, _) in enumerate(layouts):
+        seg[i, n_src : n_src + n_tgt] = 1
+        mask[i, : n_src + n_tgt] = 1
+    ids = rng.integers(0, 7, size=seg.shape)
+    logits = rng.normal(size=(*seg.shape, 7)) * 3
+    got = seq2seq_loss(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(mask)
+    )
+    np.testing.assert_allclose(
+        np.asarray(got), _np_seq2seq_loss(logits, ids, seg, mask), rtol=1e-5, atol=1e-6
+    )
+    # Without a padding mask the pads after the target have segment 0, so nothing changes.
+    got_nomask = seq2seq_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(ids), jnp.asarray(seg))
+    np.testing.assert_allclose(np.asarray(got_nomask), np.asarray(got), rtol=1e-6)
+
+
+def test_seq2seq_loss_padding_mask_matters_and_optax_agrees():
+    optax = pytest.importorskip("optax")
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 6, 5)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 5, size=(2, 6)))
+    seg = jnp.array([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]])  # padding in segment 1
+    mask = jnp.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    got = seq2seq_loss(logits, ids, seg, mask)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])
+    w = (seg * mask)[:, 1:]
+    ref = (ce * w).sum(-1) / w.sum(-1)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6)
+    assert not np.allclose(np.asarray(seq2seq_loss(logits, ids, seg))[0], np.asarray(got)[0])
+
+
+def test_seq2seq_loss_safe_with_neg_inf_and_low_precision():
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(2, 5, 6)), jnp.float32)
+    ids = jnp.array([[1, 2, 3, 4, 0], [1, 2, 3, 0, 0]])
+    seg = jnp.array([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]])
+    mask = ids != 0
+    # -inf on non-target vocabulary entries everywhere, and whole rows of -inf at positions
+    # whose prediction is masked out (t = 3, 4 of row 1 and t = 4 of row 0).
+    neg = logits.at[:, :, 5].set(-jnp.inf)
+    neg = neg.at[1, 3:].set(-jnp.inf).at[0, 4].set(-jnp.inf)
+    val, grad = jax.value_and_grad(lambda x: seq2seq_loss(x, ids, seg, mask).sum())(neg)
+    assert np.isfinite(np.asarray(val)) and np.isfinite(np.asarray(grad)).all()
+    finite = logits.at[:, :, 5].set(-1e4)
+    np.testing.assert_allclose(val, seq2seq_loss(finite, ids, seg, mask).sum(), rtol=1e-5)
+    for dtype in (jnp.bfloat16, jnp.float16):
+        low = seq2seq_loss(neg.astype(dtype), ids, seg, mask)
+        assert low.dtype == jnp.float32 and np.isfinite(np.asarray(low)).all()
+        np.testing.assert_allclose(low, seq2seq_loss(finite, ids, seg, mask), rtol=2e-2)
+
+
+# --------------------------------------------------------------------------- causality in models
+
+
+class _TinyAttentionStack(nnx.Module):
+    """Embedding + 2 masked nnx.MultiHeadAttention layers with residuals."""
+
+    def __init__(self, vocab: int, width: int, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.pos = nnx.Embed(32, width, rngs=rngs)
+        self.layers = nnx.List(
+            [
+                nnx.MultiHeadAttention(2, width, decode=False, rngs=rngs, deterministic=True)
+                for _ in range(2)
+            ]
+        )
+
+    def __call__(self, ids, mask):
+        x = self.embed(ids) + self.pos(jnp.arange(ids.shape[1]))[None]
+        for layer in self.layers:
+            x = x + layer(x, mask=mask)
+        return x
+
+
+def _einsum_attention(x, mask):
+    """Two rounds of parameter-free attention through jax.nn.dot_product_attention."""
+    for _ in range(2):
+        q = x[:, :, None, :]  # [B, T, N=1, H]
+        x = x + jax.nn.dot_product_attention(q, q, q, mask=mask)[:, :, 0, :]
+    return x
+
+
+def _models():
+    model = _TinyAttentionStack(11, 8, nnx.Rngs(0))
+    emb = jax.random.normal(jax.random.key(1), (11, 8))
+    return {
+        "nnx_mha": lambda ids, mask: model(ids, mask),
+        "dot_product_attention": lambda ids, mask: _einsum_attention(emb[ids], mask),
+    }
+
+
+@pytest.mark.parametrize("name", ["nnx_mha", "dot_product_attention"])
+def test_unilm_causality_through_attention(name):
+    f = _models()[name]
+    # [CLS] s s [SEP] t t t [SEP] PAD PAD
+    ids = jnp.array([[1, 5, 6, 2, 7, 8, 9, 2, 0, 0]])
+    seg = jnp.array([[0, 0, 0, 0, 1, 1, 1, 1, 0, 0]])
+    mask = combine_masks(unilm_mask(seg), padding_mask(ids))
+    base = np.asarray(f(ids, mask))
+    n_src, k = 4, 6  # perturb the target token at position 6
+    changed = np.asarray(f(ids.at[0, k].set(10), mask))
+    np.testing.assert_allclose(changed[0, :k], base[0, :k], atol=1e-6)
+    assert not np.allclose(changed[0, k], base[0, k])  # the perturbation is visible
+    # Source outputs do not depend on any target token.
+    scrambled = ids.at[0, n_src:8].set(jnp.array([3, 3, 3, 3]))
+    np.testing.assert_allclose(
+        np.asarray(f(scrambled, mask))[0, :n_src], base[0, :n_src], atol=1e-6
+    )
+    # Padding keys are invisible: changing a pad id leaves every real position unchanged.
+    np.testing.assert_allclose(
+        np.asarray(f(ids.at[0, 9].set(4), mask))[0, :8], base[0, :8], atol=1e-6
+    )
+    # And the bidirectional mask does leak the target into the source (the test can fail).
+    bi = combine_masks(bidirectional_mask(10), padding_mask(ids))
+    assert not np.allclose(
+        np.asarray(f(scrambled, bi))[0, :n_src], np.asarray(f(ids, bi))[0, :n_src]
+    )
+
+
+@pytest.mark.parametrize("name", ["nnx_mha", "dot_product_attention"])
+def test_random_order_causality_through_attention(name):
+    f = _models()[name]
+    ids = jnp.array([[3, 4, 5, 6, 7]])
+    order = [3, 0, 4, 1, 2]
+    mask = random_order_mask(jnp.array(order))
+    base = np.asarray(f(ids, mask))
+    for step, pos in enumerate(order):
+        out = np.asarray(f(ids.at[0, pos].set(9), mask))
+        earlier = order[:step]
+        np.testing.assert_allclose(out[0, earlier], base[0, earlier], atol=1e-6)
+        assert not np.allclose(out[0, pos], base[0, pos])
+
+
+def test_unilm_causality_through_bert_if_available():
+    bert = pytest.importorskip("flax_layers.bert")
+    if not hasattr(bert, "BertModel") or not hasattr(bert, "BertConfig"):
+        pytest.skip("flax_layers.bert has no BertModel/BertConfig")
+    cfg = bert.BertConfig(
+        vocab_size=12,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    model = bert.BertModel(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    ids = jnp.array([[1, 5, 6, 2, 7, 8, 9, 2, 0, 0]])
+    seg = jnp.array([[0, 0, 0, 0, 1, 1, 1, 1, 0, 0]])
+    mask = combine_masks(unilm_mask(seg), padding_mask(ids))
+    base = np.asarray(model(ids, seg, mask))
+    changed = np.asarray(model(ids.at[0, 6].set(11), seg, mask))
+    np.testing.assert_allclose(changed[0, :6], base[0, :6], atol=1e-5)
+    assert not np.allclose(changed[0, 6], base[0, 6])
+    scrambled = ids.at[0, 4:8].set(jnp.array([3, 3, 3, 3]))
+    np.testing.assert_allclose(
+        np.asarray(model(scrambled, seg, mask))[0, :4], base[0, :4], atol=1e-5
+    )

@@ -1,0 +1,299 @@
+"""Tests for flax_layers.reading_comprehension: builders, the constrained decoder, aggregation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flax_layers.reading_comprehension import (
+    aggregate_answer_scores,
+    build_mlm_reading_batch,
+    build_mlm_reading_inputs,
+    build_mlm_reading_targets,
+    passage_constrained_decode,
+)
+
+CLS, SEP, MASK, PAD = 1, 2, 3, 0
+SETTINGS = settings(max_examples=30, deadline=None)
+
+# Fixed decoder shapes for the property tests: one jit compile for all examples.
+B, L, V, P = 4, 5, 9, 7
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def test_inputs_builder_hand_example():
+    x = build_mlm_reading_inputs(
+        [10, 11], [20, 21, 22, 23], answer_len=3, max_len=14, cls_id=CLS, sep_id=SEP, mask_id=MASK
+    )
+    assert x.input_ids.tolist() == [1, 3, 3, 3, 2, 10, 11, 2, 20, 21, 22, 23, 2, 0]
+    assert x.segment_ids.tolist() == [0] * 14  # bert4keras: segment 0 everywhere
+    assert x.answer_positions.tolist() == [1, 2, 3]
+    assert x.passage_ids.tolist() == [20, 21, 22, 23, 0, 0, 0]  # P = 14 - 3 - 4
+    assert int(x.passage_length) == 4 and int(x.passage_offset) == 8
+    assert x.input_ids.dtype == np.int32
+
+
+def test_inputs_builder_truncation_and_segments():
+    # Room for the passage: 12 - 2 - 4 - 2 = 4 tokens; the head of the passage is kept.
+    x = build_mlm_reading_inputs(
+        [10, 11, 12],
+        [20, 21, 22, 23, 24, 25],
+        answer_len=2,
+        max_len=12,
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+        pad_id=99,
+        max_question_len=2,
+        passage_segment_id=1,
+    )
+    assert x.input_ids.tolist() == [1, 3, 3, 2, 10, 11, 2, 20, 21, 22, 23, 2]
+    assert x.segment_ids.tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert x.passage_ids.tolist() == [20, 21, 22, 23, 99, 99]
+    assert int(x.passage_length) == 4
+    with pytest.raises(ValueError, match="no room"):
+        build_mlm_reading_inputs(
+            [10] * 5, [20], answer_len=2, max_len=10, cls_id=CLS, sep_id=SEP, mask_id=MASK
+        )
+    with pytest.raises(ValueError, match="passage_segment_id"):
+        build_mlm_reading_inputs(
+            [], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3, passage_segment_id=2
+        )
+    with pytest.raises(ValueError, match="question_ids"):
+        build_mlm_reading_inputs(
+            [[1, 2]], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3
+        )
+
+
+def test_batch_builder_and_targets():
+    b = build_mlm_reading_batch(
+        [[10], [10, 11]],
+        [[20, 21, 22], []],
+        answer_len=2,
+        max_len=10,
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+    )
+    assert b.input_ids.tolist() == [
+        [1, 3, 3, 2, 10, 2, 20, 21, 22, 2],
+        [1, 3, 3, 2, 10, 11, 2, 2, 0, 0],
+    ]
+    assert b.passage_length.tolist() == [3, 0] and b.passage_offset.tolist() == [6, 7]
+    assert b.passage_ids.shape == (2, 4)
+    with pytest.raises(ValueError, match="same length"):
+        build_mlm_reading_batch([[1]], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3)
+    assert build_mlm_reading_targets([20, 21], answer_len=4, sep_id=SEP).tolist() == [20, 21, 2, 0]
+    assert build_mlm_reading_targets([], answer_len=3, sep_id=SEP).tolist() == [2, 0, 0]
+    # Answers are cut to L - 1 tokens so that [SEP] always fits.
+    assert build_mlm_reading_targets([5, 6, 7, 8], answer_len=3, sep_id=SEP, pad_id=9).tolist() == [
+        5,
+        6,
+        2,
+    ]
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def _reference_decode(probs, passage, sep):
+    """Brute force: enumerate every allowed token per step (bert4keras ``gen_answer``)."""
+    answer, chosen = [], []
+    for i in range(probs.shape[0]):
+        allowed = {sep}
+        for s in range(len(passage)):
+            if s + i < len(passage) and list(passage[s : s + i]) == answer:
+                allowed.add(int(passage[s + i]))
+        best = max(sorted(allowed), key=lambda t: probs[i, t])  # ties: smallest id
+        chosen.append(float(probs[i, best]))
+        if best == sep:
+            break
+        answer.append(best)
+    return answer, float(np.mean(chosen))
+
+
+def _starts(passage, answer):
+    n = len(answer)
+    return [s for s in range(len(passage) - n + 1) if n and list(passage[s : s + n]) == answer]
+
+
+@st.composite
+def _decode_case(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # Small token alphabet (4..7 plus SEP sometimes) to force repeats in the passage.
+    lengths = [draw(st.integers(0, P)) for _ in range(B)]
+    passages = rng.integers(4, 8, size=(B, P))
+    probs = rng.dirichlet(np.full(V, 0.3), size=(B, L)).astype(np.float32)
+    return passages, np.array(lengths), probs
+
+
+@SETTINGS
+@given(_decode_case())
+def test_decoder_matches_brute_force(case):
+    passages, lengths, probs = case
+    out = passage_constrained_decode(
+        jnp.asarray(probs), jnp.asarray(passages), jnp.asarray(lengths), sep_id=SEP
+    )
+    out_log = passage_constrained_decode(
+        jnp.log(jnp.asarray(probs)),
+        jnp.asarray(passages),
+        jnp.asarray(lengths),
+        sep_id=SEP,
+        log_probs=True,
+    )
+    for b in range(B):
+        passage = passages[b, : lengths[b]]
+        answer, score = _reference_decode(probs[b], passage, SEP)
+        n = int(out.lengths[b])
+        assert np.asarray(out.tokens[b, :n]).tolist() == answer
+        assert (np.asarray(out.tokens[b, n:]) == PAD).all()
+        np.testing.assert_allclose(float(out.scores[b]), score, rtol=1e-6)
+        np.testing.assert_allclose(float(out_log.scores[b]), score, rtol=1e-5)
+        assert np.asarray(out_log.tokens[b]).tolist() == np.asarray(out.tokens[b]).tolist()
+        # Every answer is a contiguous span of the (used part of the) passage, or empty.
+        starts = _starts(passage, answer)
+        assert np.flatnonzero(np.asarray(out.start_mask[b])).tolist() == starts
+        if answer:
+            assert starts, "decoded answer is not a passage span"
+            s = int(out.start[b])
+            assert s == starts[0] and passage[s : s + n].tolist() == answer
+        else:
+            assert int(out.start[b]) == -1
+
+
+def test_decoder_repeated_tokens_hand_example():
+    # passage a b a c (ids 4 5 4 6); after "a" both b and c are allowed, after "a c" only SEP.
+    passage = jnp.array([[4, 5, 4, 6]])
+    p = np.full((1, 4, 8), 0.01, np.float32)
+    p[0, 0, 4] = 0.7  # a
+    p[0, 1, 6] = 0.6  # c (via the second a)
+    p[0, 1, 5] = 0.3
+    p[0, 2, 4] = 0.9  # "a c a" is not in the passage -> not allowed
+    p[0, 2, SEP] = 0.05
+    out = passage_constrained_decode(jnp.asarray(p), passage, sep_id=SEP)
+    assert out.tokens.tolist() == [[4, 6, 0, 0]] and out.lengths.tolist() == [2]
+    assert out.start.tolist() == [2] and out.start_mask.tolist() == [[False, False, True, False]]
+    np.testing.assert_allclose(float(out.scores[0]), (0.7 + 0.6 + 0.05) / 3, rtol=1e-6)
+
+
+def test_decoder_short_and_empty_passages():
+    p = np.full((3, 4, 8), 0.01, np.float32)
+    p[:, :, 7] = 0.9  # 7 is the favourite everywhere
+    p[:, :, 5] = 0.5
+    passages = jnp.array([[7, 7, 0, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
+    out = passage_constrained_decode(jnp.asarray(p), passages, jnp.array([2, 1, 0]), sep_id=SEP)
+    # Row 0: "7 7" then the passage ends: only SEP (0.01) is allowed.
+    assert out.tokens.tolist()[0] == [7, 7, 0, 0] and int(out.lengths[0]) == 2
+    np.testing.assert_allclose(float(out.scores[0]), (0.9 + 0.9 + 0.01) / 3, rtol=1e-6)
+    # Row 1: one-token passage, the pad after it is not usable.
+    assert out.tokens.tolist()[1] == [5, 0, 0, 0] and int(out.start[1]) == 0
+    # Row 2: empty passage -> empty answer, score of the SEP step.
+    assert int(out.lengths[2]) == 0 and int(out.start[2]) == -1
+    np.testing.assert_allclose(float(out.scores[2]), 0.01, rtol=1e-6)
+
+
+def test_decoder_without_sep_uses_all_steps_and_is_jittable():
+    passage = jnp.array([[4, 5, 6, 4, 5]])
+    p = np.full((1, 3, 7), 0.0, np.float32)
+    p[0, 0, 4], p[0, 1, 5], p[0, 2, 6] = 0.5, 0.6, 0.7
+    f = jax.jit(lambda pr, ps: passage_constrained_decode(pr, ps, sep_id=SEP))
+    out = f(jnp.asarray(p), passage)
+    assert out.tokens.tolist() == [[4, 5, 6]] and out.lengths.tolist() == [3]
+    np.testing.assert_allclose(float(out.scores[0]), 0.6, rtol=1e-6)
+    assert out.start_mask.tolist() == [[True, False, False, False, False]]
+
+
+def test_decoder_neg_inf_log_probs_and_bf16():
+    # Every allowed token (SEP included) is -inf, only a disallowed one is finite: the
+    # decoder must still pick an allowed token (the smallest allowed id, SEP) and give 0.
+    passage = jnp.array([[4, 5]])
+    logp = jnp.full((1, 2, 8), -jnp.inf).at[0, :, 7].set(0.0)
+    out = passage_constrained_decode(logp, passage, sep_id=SEP, log_probs=True)
+    assert out.lengths.tolist() == [0] and out.tokens.tolist() == [[PAD, PAD]]
+    assert out.scores.tolist() == [0.0]
+    p = jnp.full((1, 2, 8), 0.05).at[0, 0, 5].set(0.8).at[0, 1, SEP].set(0.6)
+    out = passage_constrained_decode(p.astype(jnp.bfloat16), passage, sep_id=SEP)
+    assert out.tokens.tolist() == [[5, 0]] and out.scores.dtype == jnp.float32
+
+
+def test_decoder_errors():
+    probs = jnp.ones((2, 3, 5)) / 5
+    passage = jnp.zeros((2, 4), jnp.int32)
+    with pytest.raises(ValueError, match="probs must have shape"):
+        passage_constrained_decode(probs[0], passage, sep_id=2)
+    with pytest.raises(ValueError, match="passage_ids must have shape"):
+        passage_constrained_decode(probs, passage[0], sep_id=2)
+    with pytest.raises(ValueError, match="batch"):
+        passage_constrained_decode(probs, passage[:1], sep_id=2)
+    with pytest.raises(ValueError, match="sep_id"):
+        passage_constrained_decode(probs, passage, sep_id=5)
+    with pytest.raises(ValueError, match="passage_lengths"):
+        passage_constrained_decode(probs, passage, jnp.array([1, 2, 3]), sep_id=2)
+    with pytest.raises(TypeError, match="passage_ids must be integer"):
+        passage_constrained_decode(probs, passage.astype(jnp.float32), sep_id=2)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_aggregation_formula_hand_examples():
+    tokens = np.array([[5, 6, 0], [5, 6, 0], [9, 0, 0], [0, 0, 0], [5, 6, 7]])
+    lengths = np.array([2, 2, 1, 0, 3])
+    scores = np.array([0.8, 0.6, 0.9, 0.99, 0.3])
+    agg = aggregate_answer_scores(tokens, lengths, scores)
+    expected = {
+        (5, 6): (0.8**2 + 0.6**2) / (0.8 + 0.6 + 1),
+        (9,): 0.9**2 / (0.9 + 1),
+        (5, 6, 7): 0.3**2 / 1.3,
+    }
+    assert agg.keys() == expected.keys()  # the empty answer is dropped
+    for k, v in expected.items():
+        assert agg[k] == pytest.approx(v)
+    assert list(agg) == [(9,), (5, 6), (5, 6, 7)]  # best first
+    assert aggregate_answer_scores(tokens[3:4], lengths[3:4], scores[3:4]) == {}
+    with pytest.raises(ValueError, match="expected tokens"):
+        aggregate_answer_scores(tokens[0], lengths, scores)
+
+
+def test_end_to_end_with_bert_if_available():
+    """Builder -> tiny random BERT MLM -> slot softmax -> decoder -> aggregation."""
+    bert = pytest.importorskip("flax_layers.bert")
+    if not hasattr(bert, "BertModel") or not hasattr(bert, "BertConfig"):
+        pytest.skip("flax_layers.bert has no BertModel/BertConfig")
+    from flax import nnx
+
+    cfg = bert.BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        with_mlm_head=True,
+    )
+    model = bert.BertModel(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    passages = [[10, 11, 12, 11, 13], [11, 12, 14], [20, 21, 22, 23, 24, 25]]
+    x = build_mlm_reading_batch(
+        [[7, 8]] * 3, passages, answer_len=4, max_len=16, cls_id=CLS, sep_id=SEP, mask_id=MASK
+    )
+    ids = jnp.asarray(x.input_ids)
+    hidden = model(ids, jnp.asarray(x.segment_ids), ids != PAD)
+    probs = jax.nn.softmax(model.mlm_logits(hidden)[:, 1 : 4 + 1].astype(jnp.float32), axis=-1)
+    out = passage_constrained_decode(
+        probs, jnp.asarray(x.passage_ids), jnp.asarray(x.passage_length), sep_id=SEP
+    )
+    for b, passage in enumerate(passages):
+        answer, score = _reference_decode(
+            np.asarray(probs[b]), passage[: int(x.passage_length[b])], SEP
+        )
+        assert np.asarray(out.tokens[b, : int(out.lengths[b])]).tolist() == answer
+        np.testing.assert_allclose(float(out.scores[b]), score, rtol=1e-5)
+    agg = aggregate_answer_scores(out.tokens, out.lengths, out.scores)
+    assert all(0.0 <= v < 1.0 for v in agg.values())
