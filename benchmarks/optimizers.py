@@ -1,0 +1,265 @@
+"""Optimizer benchmarks: ours vs optax, side by side in one process (CPU).
+
+Run ``python -m benchmarks.optimizers`` (or ``--quick`` for a fast smoke run).
+
+Each case times one jitted training-step body, ``update`` + ``optax.apply_updates``,
+with the parameter and state buffers donated, ``block_until_ready`` after every
+sample, and reports the median over repeats after warm-up; compile time (lower +
+compile) is reported separately, as are the bytes of optimizer state. For
+transforms whose cost varies from step to step (Lookahead synchronises every ``k``
+steps) one sample is ``k`` consecutive steps and the time is per step.
+
+Sections are plain functions ``section(quick: bool) -> list[Row]`` listed in
+``SECTIONS``; other sections (e.g. the lazy-embedding benchmark) append themselves
+to that list and may reuse :func:`time_update` / :func:`time_step`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_contrib.adafactor import adafactor
+from optax_contrib.lookahead import lookahead
+
+
+@dataclass
+class Row:
+    """One line of the result table (times in ms per step, compile times in s)."""
+
+    case: str
+    ours_ms: float
+    peer_ms: float
+    compile_ours_s: float
+    compile_peer_s: float
+    state_bytes: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_ms / self.peer_ms
+
+
+@dataclass
+class Timing:
+    """Result of :func:`time_step`: median ms per step, compile s, state bytes."""
+
+    ms: float
+    compile_s: float
+    state_bytes: int
+
+
+def tree_bytes(tree: Any) -> int:
+    """Total bytes of the array leaves of a pytree (e.g. an optimizer state)."""
+    return sum(int(x.nbytes) for x in jax.tree.leaves(tree) if hasattr(x, "nbytes"))
+
+
+def num_params(tree: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def time_step(
+    step: Callable[..., tuple[Any, Any]],
+    donated: tuple[Any, Any],
+    other_args: Sequence[Any] = (),
+    *,
+    repeats: int,
+    warmup: int = 2,
+    steps_per_sample: int = 1,
+) -> tuple[float, float]:
+    """Times ``(a, b) = step(a, b, *other_args)`` jitted with ``a`` and ``b`` donated.
+
+    Returns ``(median ms per step, compile seconds)``. ``donated`` is consumed.
+    """
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*donated, *other_args).compile()
+    compile_s = time.perf_counter() - t0
+    a, b = donated
+    for _ in range(warmup * steps_per_sample):
+        a, b = compiled(a, b, *other_args)
+    jax.block_until_ready((a, b))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps_per_sample):
+            a, b = compiled(a, b, *other_args)
+        jax.block_until_ready((a, b))
+        samples.append((time.perf_counter() - t0) / steps_per_sample)
+    return 1e3 * statistics.median(samples), compile_s
+
+
+def time_update(
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads: Any,
+    *,
+    repeats: int,
+    steps_per_sample: int = 1,
+) -> Timing:
+    """Times the jitted ``tx.update`` + ``optax.apply_updates`` (params, state donated)."""
+    params = jax.tree.map(jnp.copy, params)  # the copies are donated, not the caller's
+    state = tx.init(params)
+    nbytes = tree_bytes(state)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    ms, compile_s = time_step(
+        step, (params, state), (grads,), repeats=repeats, steps_per_sample=steps_per_sample
+    )
+    return Timing(ms, compile_s, nbytes)
+
+
+def transformer_params(quick: bool, seed: int = 0) -> dict[str, jax.Array]:
+    """A small transformer's parameter tree (about 29M parameters; 1.3M with quick)."""
+    vocab, d, layers = (4000, 128, 2) if quick else (32000, 512, 4)
+    shapes = {"embed": (vocab, d), "final_norm": (d,)}
+    for i in range(layers):
+        shapes |= {
+            f"layer{i}/qkv": (d, 3 * d),
+            f"layer{i}/out": (d, d),
+            f"layer{i}/mlp_in": (d, 4 * d),
+            f"layer{i}/mlp_out": (4 * d, d),
+            f"layer{i}/mlp_bias": (4 * d,),
+            f"layer{i}/norm": (d,),
+        }
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return {
+        name: 0.02 * jax.random.normal(k, shape, jnp.float32)
+        for k, (name, shape) in zip(keys, sorted(shapes.items()))
+    }
+
+
+def _bytes_text(ours: Timing, peer: Timing, n: int) -> str:
+    return (
+        f"{ours.state_bytes / 2**20:.1f} MiB ({ours.state_bytes / n:.3f} B/param) / "
+        f"{peer.state_bytes / 2**20:.1f} MiB ({peer.state_bytes / n:.3f} B/param)"
+    )
+
+
+def _row(case: str, ours: Timing, peer: Timing, n: int) -> Row:
+    return Row(case, ours.ms, peer.ms, ours.compile_s, peer.compile_s, _bytes_text(ours, peer, n))
+
+
+def bench_adafactor(quick: bool) -> list[Row]:
+    """AdaFactor vs optax.adafactor (goal ≤ 1.0×) and vs optax.adam (state bytes)."""
+    params = transformer_params(quick)
+    grads = jax.tree.map(lambda p: jnp.sin(1e3 * p), params)
+    n = num_params(params)
+    repeats = 3 if quick else 10
+    ours = time_update(adafactor(1e-3), params, grads, repeats=repeats)
+    peer = time_update(optax.adafactor(1e-3), params, grads, repeats=repeats)
+    adam = time_update(optax.adam(1e-3), params, grads, repeats=repeats)
+    size = f"{n / 1e6:.1f}M params"
+    return [
+        _row(f"AdaFactor vs optax.adafactor, {size} (goal ≤ 1.0×)", ours, peer, n),
+        _row(f"AdaFactor vs optax.adam, {size}", ours, adam, n),
+    ]
+
+
+def bench_lookahead(quick: bool) -> list[Row]:
+    """Lookahead(inner) vs inner alone (goal ≤ 1.1×), per step averaged over k steps."""
+    params = transformer_params(quick)
+    grads = jax.tree.map(lambda p: jnp.sin(1e3 * p), params)
+    n = num_params(params)
+    repeats = 3 if quick else 10
+    k = 5
+    rows = []
+    for name, inner in [("adam", optax.adam(1e-3)), ("adafactor", adafactor(1e-3))]:
+        ours = time_update(
+            lookahead(inner, sync_period=k), params, grads, repeats=repeats, steps_per_sample=k
+        )
+        peer = time_update(inner, params, grads, repeats=repeats, steps_per_sample=k)
+        rows.append(
+            _row(f"Lookahead({name}) vs {name}, k={k}, {n / 1e6:.1f}M (goal ≤ 1.1×)", ours, peer, n)
+        )
+    return rows
+
+
+def bench_lazy(quick: bool) -> list[Row]:
+    """Lazy(Adam) with row ids on an embedding table vs dense optax.adam (goal ≤ 0.1×).
+
+    A 1,000,000 × 64 table (100,000 × 64 with quick) and 4,096 row ids per step
+    drawn with repetition. Frozen policy with an elementwise inner runs the sparse
+    path, given either the dense table gradient or the pre-gathered row gradient;
+    the article policy (dense masked path) is shown for scale.
+    """
+    from optax_contrib.lazy import lazy
+
+    num_rows, dim, n_ids = (100_000 if quick else 1_000_000), 64, 4096
+    repeats = 3 if quick else 10
+    k_table, k_ids, k_grad = jax.random.split(jax.random.key(0), 3)
+    table = jax.random.normal(k_table, (num_rows, dim), jnp.float32)
+    ids = jax.random.randint(k_ids, (n_ids,), 0, num_rows)
+    row_grads = jax.random.normal(k_grad, (n_ids, dim), jnp.float32)
+    table_grads = jnp.zeros_like(table).at[ids].add(row_grads)
+
+    def timed(tx: optax.GradientTransformation, grads: jax.Array, with_ids: bool) -> Timing:
+        params = jnp.copy(table)
+        state = tx.init(params)
+        nbytes = tree_bytes(state)
+
+        def step(params, state, grads, ids):
+            extra = {"row_ids": ids} if with_ids else {}
+            updates, state = tx.update(grads, state, params, **extra)
+            return optax.apply_updates(params, updates), state
+
+        ms, compile_s = time_step(step, (params, state), (grads, ids), repeats=repeats)
+        return Timing(ms, compile_s, nbytes)
+
+    dense = timed(optax.adam(1e-3), table_grads, with_ids=False)
+    sparse = lazy(optax.adam(1e-3), policy="frozen", elementwise=True)
+    article = lazy(optax.adam(1e-3), policy="article")
+    size = f"{num_rows:,} × {dim}, {n_ids} ids"
+    cases = [
+        (f"Lazy(Adam) sparse path, table grad vs adam, {size} (goal ≤ 0.1×)", sparse, table_grads),
+        (f"Lazy(Adam) sparse path, row grads vs adam, {size} (goal ≤ 0.1×)", sparse, row_grads),
+        (f"Lazy(Adam) article policy (dense masked) vs adam, {size}", article, table_grads),
+    ]
+    return [
+        _row(case, timed(tx, grads, with_ids=True), dense, table.size) for case, tx, grads in cases
+    ]
+
+
+SECTIONS: list[Callable[[bool], list[Row]]] = [bench_adafactor, bench_lookahead, bench_lazy]
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| case | ours (ms) | peer (ms) | ratio | compile ours/peer (s) "
+        "| state bytes (ours / peer) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.ours_ms:.2f} | {r.peer_ms:.2f} | {r.ratio:.2f}× | "
+            f"{r.compile_ours_s:.2f} / {r.compile_peer_s:.2f} | {r.state_bytes} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument(
+        "--only", default="", help="run only the sections whose name contains this, e.g. lazy"
+    )
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__}, optax {optax.__version__}, devices: {jax.devices()}")
+    rows: list[Row] = []
+    for section in SECTIONS:
+        if args.only in section.__name__:
+            rows.extend(section(args.quick))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

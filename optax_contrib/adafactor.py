@@ -1,0 +1,660 @@
+"""AdaFactor: factored second-moment scaling and the full optimizer as an optax chain.
+
+The optimizer is :func:`adafactor`, a ``optax.chain`` of small building blocks that
+can also be used on their own:
+
+1. :func:`scale_by_factored_rms` -- ``u = g / sqrt(v̂)`` with the factored (rows +
+   columns) or full second-moment estimate ``v̂``, statistics always in float32;
+2. :func:`clip_by_update_rms` -- update clipping ``u / max(1, RMS(u) / d)``;
+3. :func:`momentum_ema` -- optional first moment of the clipped updates;
+4. :func:`scale_by_param_rms` -- relative step ``u · max(ε2, RMS(θ))``;
+5. the learning rate (a constant, a schedule, or :func:`relative_step_size`);
+6. optional decoupled weight decay, and the sign flip of gradient descent.
+
+Differences from ``optax.adafactor`` 0.2.8 (documented, deliberate):
+
+* ``decay_offset`` enters the decay schedule as ``1 − max(t + offset, 1)^(−c)``,
+  so every offset is well defined (optax computes ``(t − offset)^(−c)`` with the
+  optimizer's own fresh step counter and returns NaN for any offset > 0);
+* ``learning_rate=None`` gives the paper's relative step size
+  ``min(1e−2, 1/sqrt(t))`` (× 0.05 without parameter scaling) instead of no
+  scaling at all;
+* momentum is applied right after clipping, before the parameter scale and the
+  learning rate (the paper's order; optax applies it last);
+* all statistics (factored rows/columns, full second moment, momentum) are
+  float32 whatever the parameter dtype, and every RMS is computed in float32.
+
+With ``momentum=None`` and an explicit learning rate the two agree to float
+tolerance (tested).
+
+Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear
+Memory Cost", ICML 2018, https://arxiv.org/abs/1804.04235.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+__all__ = [
+    "FactoredAxes",
+    "MomentumEmaState",
+    "ScaleByFactoredRmsState",
+    "adafactor",
+    "clip_by_update_rms",
+    "factored_axes_for",
+    "momentum_ema",
+    "relative_step_size",
+    "scale_by_factored_rms",
+    "scale_by_param_rms",
+]
+
+FactoredAxes = tuple[int, int] | Callable[[tuple[int, ...]], "tuple[int, int] | None"] | None
+"""Which two axes a tensor is factored over: ``None`` (its two largest axes), a
+``(row_axis, col_axis)`` pair used for every tensor of rank ≥ 2, or a callable
+mapping a parameter shape to such a pair (or ``None`` for "do not factor")."""
+
+_F32 = jnp.float32
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_float(value: Any) -> float | None:
+    """Returns ``float(value)`` for concrete scalars, ``None`` for tracers/schedules."""
+    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return float(value)
+    except TypeError:  # includes jax.errors.ConcretizationTypeError
+        return None
+
+
+def _check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raises ``ValueError`` if a concrete scalar ``value`` is outside the interval.
+
+    Traced values (e.g. hyperparameters injected by ``optax.inject_hyperparams``
+    inside ``jit``) and schedules cannot be checked and are let through.
+    """
+    v = _as_float(value)
+    if v is None:
+        return
+    bad = math.isnan(v)
+    if low is not None:
+        bad |= v <= low if low_open else v < low
+    if high is not None:
+        bad |= v >= high if high_open else v > high
+    if bad:
+        left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        interval = f"{left}, {right}"
+        raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}.")
+
+
+def _static_int(name: str, value: Any, *, minimum: int) -> int:
+    """Converts a shape-determining hyperparameter to a Python int (it must be static)."""
+    try:
+        out = int(value)
+    except jax.errors.ConcretizationTypeError as err:
+        raise TypeError(
+            f"`{name}` decides state shapes and must be a static Python int; with "
+            f"optax.inject_hyperparams pass static_args=('{name}',)."
+        ) from err
+    if out != value or out < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return out
+
+
+# --------------------------------------------------------------------------- factoring
+
+
+def factored_axes_for(
+    shape: tuple[int, ...],
+    *,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    factored_axes: FactoredAxes = None,
+) -> tuple[int, int] | None:
+    """Returns the ``(row_axis, col_axis)`` a tensor is factored over, or ``None``.
+
+    By default a tensor of rank ≥ 2 is factored over its two largest axes (the lower
+    index is the row axis; ties go to the lower indices) when the smaller of them has at
+    least ``min_dim_size_to_factor`` entries; the remaining axes are batch axes. With
+    ``factored_axes`` the user names the pair (or a callable returns it per shape);
+    both named axes must then have at least ``min_dim_size_to_factor`` entries.
+    The row statistics ``R`` average over ``col_axis`` and the column statistics ``C``
+    over ``row_axis``.
+
+    Args:
+      shape: the parameter shape.
+      factored: ``False`` disables factoring for every tensor.
+      min_dim_size_to_factor: smallest size of both factored axes.
+      factored_axes: see :data:`FactoredAxes`.
+
+    Returns:
+      ``(row_axis, col_axis)`` as non-negative ints, or ``None`` for a full estimate.
+
+    Example:
+      >>> factored_axes_for((512, 256))
+      (0, 1)
+      >>> factored_axes_for((8, 512, 256))
+      (1, 2)
+      >>> print(factored_axes_for((512, 64)), factored_axes_for((512,)))
+      None None
+      >>> factored_axes_for((3, 3, 256, 128), factored_axes=(-2, -1))
+      (2, 3)
+    """
+    ndim = len(shape)
+    if not factored or ndim < 2:
+        return None
+    if factored_axes is None:
+        order = sorted(range(ndim), key=lambda i: (shape[i], i))
+        axes = tuple(sorted(order[-2:]))
+    else:
+        axes = factored_axes(tuple(shape)) if callable(factored_axes) else factored_axes
+        if axes is None:
+            return None
+        if len(axes) != 2 or not all(isinstance(a, int) for a in axes):
+            raise ValueError(
+                f"`factored_axes` must give two int axes (row_axis, col_axis), got {axes!r}."
+            )
+        if not all(-ndim <= a < ndim for a in axes):
+            raise ValueError(
+                f"`factored_axes` {axes!r} out of range for a parameter of shape {tuple(shape)}."
+            )
+        axes = (axes[0] % ndim, axes[1] % ndim)
+        if axes[0] == axes[1]:
+            raise ValueError(f"`factored_axes` must name two distinct axes, got {axes!r}.")
+    if min(shape[axes[0]], shape[axes[1]]) < min_dim_size_to_factor:
+        return None
+    return int(axes[0]), int(axes[1])
+
+
+def _zeros_reduced(param: jax.Array, axis: int | None) -> jax.Array:
+    """float32 zeros shaped like ``param`` (``axis`` kept with size 1), sharded like it."""
+
+    def reduced(x):
+        return (
+            jnp.zeros_like(x, dtype=_F32)
+            if axis is None
+            else jnp.sum(x, axis=axis, keepdims=True, dtype=_F32)
+        )
+
+    target = jax.eval_shape(reduced, param)
+    if isinstance(param, jax.core.Tracer):
+        return jnp.zeros_like(target)  # inside jit: carries the sharding in explicit mode
+    param_sharding = getattr(param, "sharding", None)
+    if not isinstance(param_sharding, NamedSharding):
+        return jnp.zeros(target.shape, _F32)
+    # A concrete array on a mesh: same mesh, the param's spec with `axis` unsharded.
+    spec = getattr(getattr(target, "sharding", None), "spec", None)
+    if spec is None:
+        spec = list(param_sharding.spec) + [None] * (param.ndim - len(param_sharding.spec))
+        if axis is not None:
+            spec[axis] = None
+        spec = PartitionSpec(*spec)
+    return jnp.zeros(target.shape, _F32, device=NamedSharding(param_sharding.mesh, spec))
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+class ScaleByFactoredRmsState(NamedTuple):
+    """State of :func:`scale_by_factored_rms`.
+
+    Attributes:
+      count: int32 number of updates taken so far.
+      v_row: per leaf, the row statistics ``R`` (float32, the parameter shape with the
+        column axis of size 1) for factored tensors, else a float32 scalar placeholder.
+      v_col: per leaf, the column statistics ``C`` (the row axis of size 1), or a
+        scalar placeholder.
+      v: per leaf, the full float32 second moment for tensors that are not factored,
+        or a scalar placeholder.
+    """
+
+    count: jax.Array
+    v_row: optax.Updates
+    v_col: optax.Updates
+    v: optax.Updates
+
+
+def scale_by_factored_rms(
+    factored: bool = True,
+    decay_rate: float = 0.8,
+    decay_offset: int = 0,
+    min_dim_size_to_factor: int = 128,
+    eps: float = 1e-30,
+    factored_axes: FactoredAxes = None,
+) -> optax.GradientTransformation:
+    r"""Scales updates by a factored estimate of the gradient's root mean square.
+
+    With ``β̂_t = 1 − max(t + decay_offset, 1)^(−c)`` (``c = decay_rate``, ``t ≥ 1``
+    the step number, so ``β̂_1 = 0``), for a factored tensor (see
+    :func:`factored_axes_for`) with rows ``r`` and columns ``c``::
+
+        R ← β̂ R + (1 − β̂) · mean_over_cols(g² + ε1)
+        C ← β̂ C + (1 − β̂) · mean_over_rows(g² + ε1)
+        v̂ = R ⊗ C / mean_over_rows(R)
+
+    and otherwise ``v̂ = v ← β̂ v + (1 − β̂)(g² + ε1)``; the output is
+    ``u = g / sqrt(v̂)`` (computed as ``g · rsqrt(R / mean(R)) · rsqrt(C)`` so that
+    tiny statistics do not underflow). Other axes of a rank ≥ 3 tensor are batch
+    axes (one ``R``/``C`` pair per batch entry). The state holds ``rows + columns``
+    floats per factored matrix instead of ``rows × columns``.
+
+    All statistics are float32 whatever the parameter dtype; the output has the
+    dtype of the incoming updates. The factoring layout is fixed at ``init`` (the
+    update reads it off the state shapes), so ``min_dim_size_to_factor`` only has to
+    be concrete when ``init`` runs.
+
+    Args:
+      factored: ``False`` keeps a full second moment for every tensor.
+      decay_rate: the exponent ``c ≥ 0`` of the decay schedule.
+      decay_offset: added to the step number in the decay schedule, e.g. to resume
+        the schedule of a pre-trained run with a fresh optimizer state
+        (``decay_offset=pretrain_steps``). Negative offsets (the T5X/optax
+        convention ``t − start_step`` when the step counter continues) are clamped
+        so that the schedule restarts at ``β̂ = 0`` instead of producing NaN.
+      min_dim_size_to_factor: only factor when both factored axes have at least this
+        many entries.
+      eps: ``ε1``, added to the squared gradient.
+      factored_axes: name the two factored axes (see :data:`FactoredAxes`).
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`ScaleByFactoredRmsState`.
+
+    Reference:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
+      Cost", ICML 2018, Algorithms 4-5, https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_factored_rms()
+      >>> params = {"w": jnp.ones((256, 128)), "b": jnp.ones((128,))}
+      >>> state = tx.init(params)
+      >>> print(state.v_row["w"].shape, state.v_col["w"].shape, state.v["b"].shape)
+      (256, 1) (1, 128) (128,)
+      >>> grads = {"w": jnp.full((256, 128), 3.0), "b": jnp.full((128,), -2.0)}
+      >>> updates, state = tx.update(grads, state)
+      >>> print(updates["w"][0, 0].round(4), updates["b"][0].round(4))
+      1.0 -1.0
+    """
+    _check_range("decay_rate", decay_rate, low=0.0)
+    _check_range("eps", eps, low=0.0)
+    _check_range("decay_offset", decay_offset)
+    _check_range("min_dim_size_to_factor", min_dim_size_to_factor, low=1.0)
+
+    def init_fn(params: optax.Params) -> ScaleByFactoredRmsState:
+        min_dim = _static_int("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
+        leaves, treedef = jax.tree.flatten(params)
+        rows, cols, full = [], [], []
+        for p in leaves:
+            if jnp.iscomplexobj(p) or not jnp.issubdtype(p.dtype, jnp.floating):
+                raise TypeError(
+                    f"scale_by_factored_rms expects real floating parameters, got dtype {p.dtype}."
+                )
+            axes = factored_axes_for(
+                p.shape,
+                factored=factored,
+                min_dim_size_to_factor=min_dim,
+                factored_axes=factored_axes,
+            )
+            # Distinct placeholder arrays, so that the state can be donated to a jitted step.
+            if axes is None:
+                rows.append(jnp.zeros((), _F32))
+                cols.append(jnp.zeros((), _F32))
+                full.append(_zeros_reduced(p, None))
+            else:
+                row_axis, col_axis = axes
+                rows.append(_zeros_reduced(p, col_axis))
+                cols.append(_zeros_reduced(p, row_axis))
+                full.append(jnp.zeros((), _F32))
+        return ScaleByFactoredRmsState(
+            count=jnp.zeros([], jnp.int32),
+            v_row=treedef.unflatten(rows),
+            v_col=treedef.unflatten(cols),
+            v=treedef.unflatten(full),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: ScaleByFactoredRmsState,
+        params: optax.Params | None = None,
+    ) -> tuple[optax.Updates, ScaleByFactoredRmsState]:
+        del params
+        count = optax.safe_increment(state.count)
+        t = count.astype(_F32) + jnp.asarray(decay_offset, _F32)
+        beta = 1.0 - jnp.maximum(t, 1.0) ** (-jnp.asarray(decay_rate, _F32))
+        eps32 = jnp.asarray(eps, _F32)
+        # Statistics and the row ratio are kept >= tiny: with a zero (or float16-underflowed)
+        # eps, or an all-zero row next to huge ones, rsqrt must not see 0 (0 · inf = NaN).
+        tiny = jnp.finfo(_F32).tiny
+
+        leaves, treedef = jax.tree.flatten(updates)
+        rows = treedef.flatten_up_to(state.v_row)
+        cols = treedef.flatten_up_to(state.v_col)
+        full = treedef.flatten_up_to(state.v)
+        out_u, out_r, out_c, out_v = [], [], [], []
+        for g, r, c, v in zip(leaves, rows, cols, full):
+            g32 = g.astype(_F32)
+            g2 = jnp.square(g32) + eps32
+            if v.shape == g.shape:  # full second moment
+                v = jnp.maximum(beta * v + (1.0 - beta) * g2, tiny)
+                u = g32 * jax.lax.rsqrt(v)
+            else:  # factored: the reduced axes are those of size 1 in the statistics
+                col_axes = tuple(i for i in range(g.ndim) if r.shape[i] != g.shape[i])
+                row_axes = tuple(i for i in range(g.ndim) if c.shape[i] != g.shape[i])
+                r_new = jnp.mean(g2, axis=col_axes, keepdims=True)
+                c_new = jnp.mean(g2, axis=row_axes, keepdims=True)
+                r = jnp.maximum(beta * r + (1.0 - beta) * r_new, tiny)
+                c = jnp.maximum(beta * c + (1.0 - beta) * c_new, tiny)
+                r_ratio = jnp.maximum(r / jnp.mean(r, axis=row_axes, keepdims=True), tiny)
+                u = g32 * jax.lax.rsqrt(r_ratio) * jax.lax.rsqrt(c)
+            out_u.append(u.astype(g.dtype))
+            out_r.append(r)
+            out_c.append(c)
+            out_v.append(v)
+        new_state = ScaleByFactoredRmsState(
+            count=count,
+            v_row=treedef.unflatten(out_r),
+            v_col=treedef.unflatten(out_c),
+            v=treedef.unflatten(out_v),
+        )
+        return treedef.unflatten(out_u), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- stages 2-5
+
+
+def _rms32(x: jax.Array) -> jax.Array:
+    """Root mean square of a whole tensor, computed in float32."""
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(_F32))))
+
+
+def clip_by_update_rms(clipping_threshold: float = 1.0) -> optax.GradientTransformation:
+    r"""AdaFactor update clipping: ``u ← u / max(1, RMS(u) / d)`` per tensor.
+
+    ``RMS(x) = sqrt(mean(x²))`` over the whole tensor, computed in float32; the
+    output keeps the dtype of the updates. Same math as ``optax.clip_by_block_rms``.
+
+    Args:
+      clipping_threshold: ``d ≥ 1``.
+
+    Returns:
+      A stateless ``optax.GradientTransformation``.
+
+    Reference:
+      Shazeer & Stern 2018, Section 6, https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = clip_by_update_rms(1.0)
+      >>> u, _ = tx.update({"a": jnp.full((4,), 3.0), "b": jnp.full((4,), 0.5)}, tx.init(None))
+      >>> print(u["a"].round(3), u["b"].round(3))
+      [1. 1. 1. 1.] [0.5 0.5 0.5 0.5]
+    """
+    _check_range("clipping_threshold", clipping_threshold, low=1.0)
+
+    def update_fn(updates, state, params=None):
+        del params
+        d = jnp.asarray(clipping_threshold, _F32)
+
+        def clip(u):
+            denom = jnp.maximum(1.0, _rms32(u) / d)
+            return (u.astype(_F32) / denom).astype(u.dtype)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class MomentumEmaState(NamedTuple):
+    """State of :func:`momentum_ema`: the float32 first moment ``m`` of the updates."""
+
+    m: optax.Updates
+
+
+def momentum_ema(momentum: float) -> optax.GradientTransformation:
+    r"""AdaFactor's optional first moment: ``m ← β1 m + (1 − β1) u``, ``u ← m``.
+
+    No bias correction (as in the paper and in optax's ``ema(debias=False)``). The
+    accumulator is float32 whatever the parameter dtype; the output keeps the dtype
+    of the updates. In :func:`adafactor` it sits after clipping, before the
+    parameter scale and the learning rate.
+
+    Args:
+      momentum: ``β1`` in ``[0, 1)``.
+
+    Returns:
+      An ``optax.GradientTransformation`` with state :class:`MomentumEmaState`.
+
+    Reference:
+      Shazeer & Stern 2018, Section 7, https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = momentum_ema(0.9)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> u, state = tx.update(jnp.ones(2), state)
+      >>> u, state = tx.update(jnp.ones(2), state)
+      >>> print(u.round(4))
+      [0.19 0.19]
+    """
+    _check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+
+    def init_fn(params):
+        return MomentumEmaState(m=jax.tree.map(lambda p: _zeros_reduced(p, None), params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        b1 = jnp.asarray(momentum, _F32)
+        m = jax.tree.map(lambda u, m: b1 * m + (1.0 - b1) * u.astype(_F32), updates, state.m)
+        out = jax.tree.map(lambda m, u: m.astype(u.dtype), m, updates)
+        return out, MomentumEmaState(m=m)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_param_rms(eps_scale: float = 1e-3) -> optax.GradientTransformation:
+    r"""AdaFactor's relative step: ``u ← u · max(ε2, RMS(θ_{t−1}))`` per tensor.
+
+    The RMS of the parameters before the update is computed in float32 over the
+    whole tensor; the output keeps the dtype of the updates. Same math as
+    ``optax.scale_by_param_block_rms(min_scale=ε2)``.
+
+    Args:
+      eps_scale: the floor ``ε2 ≥ 0`` (so that zero-initialised tensors still move).
+
+    Returns:
+      A stateless ``optax.GradientTransformation``; ``update`` needs ``params``.
+
+    Reference:
+      Shazeer & Stern 2018, Section 8 ("relative step size"),
+      https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_param_rms()
+      >>> params = {"w": jnp.full((3,), -2.0), "z": jnp.zeros((3,))}
+      >>> u, _ = tx.update({"w": jnp.ones(3), "z": jnp.ones(3)}, tx.init(params), params)
+      >>> print(u["w"], u["z"])
+      [2. 2. 2.] [0.001 0.001 0.001]
+    """
+    _check_range("eps_scale", eps_scale, low=0.0)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "scale_by_param_rms needs the current parameters: call "
+                "update(updates, state, params)."
+            )
+        floor = jnp.asarray(eps_scale, _F32)
+
+        def scale(u, p):
+            return (u.astype(_F32) * jnp.maximum(floor, _rms32(p))).astype(u.dtype)
+
+        return jax.tree.map(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def relative_step_size(
+    multiply_by_parameter_scale: bool = True,
+) -> Callable[[jax.Array], jax.Array]:
+    r"""The paper's default step size schedule ``α_t = min(1e−2, 1/sqrt(t))``.
+
+    ``t = count + 1`` (optax schedules receive the 0-based count). Without the
+    parameter scale the step is multiplied by 0.05, as in the Mesh-TensorFlow
+    reference (otherwise the absolute step would be far too large).
+
+    Args:
+      multiply_by_parameter_scale: whether :func:`scale_by_param_rms` follows.
+
+    Returns:
+      A schedule ``count -> α`` (float32).
+
+    Reference:
+      Shazeer & Stern 2018, Section 8, https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> schedule = relative_step_size()
+      >>> print(schedule(0), schedule(9999), relative_step_size(False)(9999))
+      0.01 0.01 0.0005
+      >>> print(schedule(39999).round(6))
+      0.005
+    """
+    factor = 1.0 if multiply_by_parameter_scale else 0.05
+
+    def schedule(count):
+        t = jnp.asarray(count, _F32) + 1.0
+        return factor * jnp.minimum(jnp.asarray(1e-2, _F32), jax.lax.rsqrt(t))
+
+    return schedule
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def adafactor(
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    momentum: float | None = None,
+    weight_decay_rate: optax.ScalarOrSchedule | None = None,
+    eps: float = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: Any = None,
+    eps_scale: float = 1e-3,
+    factored_axes: FactoredAxes = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The AdaFactor optimizer as a chain of small building blocks.
+
+    For each tensor, with ``t ≥ 1`` the step number::
+
+        u = g / sqrt(v̂)                   scale_by_factored_rms (float32 statistics)
+        u ← u / max(1, RMS(u) / d)        clip_by_update_rms (d = clipping_threshold)
+        m ← β1 m + (1 − β1) u; u ← m      momentum_ema (if momentum is set)
+        u ← u · max(ε2, RMS(θ_{t−1}))     scale_by_param_rms (if multiply_by_parameter_scale)
+        θ ← θ − α_t u − λ θ               learning rate; weight decay λ is decoupled (not × α)
+
+    Defaults are the paper's: ``c = 0.8``, ``ε1 = 1e−30``, ``ε2 = 1e−3``, ``d = 1``,
+    no momentum, parameter scaling on, and with ``learning_rate=None`` the relative
+    step ``α_t = min(1e−2, 1/sqrt(t))`` (× 0.05 when parameter scaling is off, as in
+    Mesh-TensorFlow). Where peers differ: HF ``transformers.Adafactor`` has the same
+    ``c, ε1, ε2, d`` and relative step but factors every tensor of rank ≥ 2 over its
+    last two axes (here ``min_dim_size_to_factor=1, factored_axes=(-2, -1)``) and
+    applies momentum after the learning rate; ``optax.adafactor`` and T5X factor only
+    when both axes are ≥ 128 (the default here too), apply momentum last, and with
+    ``learning_rate=None`` optax applies no step size at all.
+
+    Under ``optax.inject_hyperparams`` the numeric arguments become injectable;
+    ``min_dim_size_to_factor`` is only read by ``init`` (keep it static if ``init``
+    is jitted) and callable ``weight_decay_mask``/``factored_axes`` must be listed
+    in ``static_args`` (otherwise they are taken for schedules).
+
+    Args:
+      learning_rate: constant or schedule ``α``; ``None`` for :func:`relative_step_size`.
+      min_dim_size_to_factor: factor only tensors whose two factored axes both have
+        at least this many entries.
+      decay_rate: exponent ``c`` of ``β̂_t = 1 − max(t + decay_offset, 1)^(−c)``.
+      decay_offset: offset of the decay schedule (see :func:`scale_by_factored_rms`).
+      multiply_by_parameter_scale: scale updates by ``max(ε2, RMS(θ))``.
+      clipping_threshold: ``d ≥ 1``, or ``None`` to disable update clipping.
+      momentum: ``β1 ∈ [0, 1)`` or ``None`` (no first moment, the default).
+      weight_decay_rate: decoupled weight decay ``λ`` (constant or schedule), as in
+        optax/T5X: not multiplied by the learning rate.
+      eps: ``ε1``, added to the squared gradients.
+      factored: ``False`` keeps full second moments everywhere.
+      weight_decay_mask: mask (pytree or callable) of the leaves weight decay
+        applies to, as in ``optax.add_decayed_weights``.
+      eps_scale: ``ε2``, the floor of the parameter scale.
+      factored_axes: which axes to factor (see :data:`FactoredAxes`); by default the
+        two largest axes.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` (``update`` needs ``params``).
+
+    Reference:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
+      Cost", ICML 2018, https://arxiv.org/abs/1804.04235.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> params = {"w": jnp.ones((256, 128)), "b": jnp.zeros((128,))}
+      >>> loss = lambda p: jnp.sum((p["w"] @ jnp.ones(128) - 1.0) ** 2) + jnp.sum(p["b"] ** 2)
+      >>> tx = adafactor()
+      >>> state = tx.init(params)
+      >>> for _ in range(3):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> print(round(float(params["w"][0, 0]), 4))
+      0.97
+    """
+    _check_range("learning_rate", learning_rate, low=0.0)
+    _check_range("weight_decay_rate", weight_decay_rate, low=0.0)
+    if not isinstance(factored, bool) or not isinstance(multiply_by_parameter_scale, bool):
+        raise TypeError("`factored` and `multiply_by_parameter_scale` must be Python bools.")
+    if learning_rate is None:
+        learning_rate = relative_step_size(multiply_by_parameter_scale)
+    tx = [
+        scale_by_factored_rms(
+            factored=factored,
+            decay_rate=decay_rate,
+            decay_offset=decay_offset,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+            eps=eps,
+            factored_axes=factored_axes,
+        )
+    ]
+    if clipping_threshold is not None:
+        tx.append(clip_by_update_rms(clipping_threshold))
+    if momentum is not None:
+        tx.append(momentum_ema(momentum))
+    if multiply_by_parameter_scale:
+        tx.append(scale_by_param_rms(eps_scale))
+    else:
+        _check_range("eps_scale", eps_scale, low=0.0)
+    tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if weight_decay_rate is not None:
+        tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+    tx.append(optax.scale(-1.0))
+    return optax.chain(*tx)

@@ -1,0 +1,520 @@
+"""Tests of optax_contrib.adafactor against optax.adafactor, a numpy transcription of
+SPEC §1 (float64) and closed forms; plus the compatibility matrix (jit, chain,
+inject_hyperparams, MultiSteps, nnx.Optimizer, sharding, checkpoints)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from optax_contrib.adafactor import (
+    adafactor,
+    clip_by_update_rms,
+    factored_axes_for,
+    momentum_ema,
+    relative_step_size,
+    scale_by_factored_rms,
+    scale_by_param_rms,
+)
+
+# Factored matrix (second largest dim >= 128), rank-3 tensor, non-factored matrix/vector.
+SHAPES = {"w": (256, 128), "t": (3, 160, 130), "small": (64, 32), "b": (48,)}
+
+
+def _tree(key, shapes=SHAPES, scale=1.0, dtype=jnp.float32):
+    keys = jax.random.split(key, len(shapes))
+    return {
+        name: (scale * jax.random.normal(k, shape)).astype(dtype)
+        for k, (name, shape) in zip(keys, sorted(shapes.items()))
+    }
+
+
+def _grads_seq(n, shapes=SHAPES, dtype=jnp.float32):
+    return [_tree(jax.random.key(100 + i), shapes, scale=1.0 + i, dtype=dtype) for i in range(n)]
+
+
+def _run(tx, params, grads_seq, jit=True):
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    traj = []
+    for g in grads_seq:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        traj.append(params)
+    return traj, state
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(
+            np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol
+        ),
+        a,
+        b,
+    )
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _np_factored_axes(shape, min_dim):
+    """Two largest axes, lower index first (independent transcription of SPEC §1)."""
+    if len(shape) < 2:
+        return None
+    idx = np.argsort(np.asarray(shape), kind="stable")[-2:]
+    row, col = sorted(int(i) for i in idx)
+    if min(shape[row], shape[col]) < min_dim:
+        return None
+    return row, col
+
+
+def _np_adafactor(
+    params,
+    grads_seq,
+    *,
+    lr=None,
+    c=0.8,
+    offset=0,
+    d=1.0,
+    b1=None,
+    eps1=1e-30,
+    eps2=1e-3,
+    param_scale=True,
+    min_dim=128,
+    axes_fn=None,
+):
+    """SPEC §1 in float64 numpy, one tensor at a time."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    stats, mom, out = {}, {}, []
+    for t, grads in enumerate(grads_seq, start=1):
+        beta = 1.0 - max(t + offset, 1.0) ** (-c)
+        for k in sorted(p):
+            g = np.asarray(grads[k], np.float64)
+            axes = (axes_fn or _np_factored_axes)(g.shape, min_dim)
+            g2 = g**2 + eps1
+            if axes is None:
+                v = stats.get(k, np.zeros_like(g))
+                v = beta * v + (1 - beta) * g2
+                stats[k] = v
+                vhat = v
+            else:
+                row, col = axes
+                r, cc = stats.get(k, (0.0, 0.0))
+                r = beta * r + (1 - beta) * g2.mean(axis=col, keepdims=True)
+                cc = beta * cc + (1 - beta) * g2.mean(axis=row, keepdims=True)
+                stats[k] = (r, cc)
+                vhat = r * cc / r.mean(axis=row, keepdims=True)
+            u = g / np.sqrt(vhat)
+            u = u / max(1.0, np.sqrt(np.mean(u**2)) / d)
+            if b1 is not None:
+                mom[k] = b1 * mom.get(k, 0.0) + (1 - b1) * u
+                u = mom[k]
+            if param_scale:
+                u = u * max(eps2, np.sqrt(np.mean(p[k] ** 2)))
+            alpha = lr(t) if callable(lr) else lr
+            alpha = min(1e-2, 1 / math.sqrt(t)) if lr is None else alpha
+            if lr is None and not param_scale:
+                alpha *= 0.05
+            p[k] = p[k] - alpha * u
+        out.append(dict(p))
+    return out
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(learning_rate=0.01),
+        dict(
+            learning_rate=optax.linear_schedule(0.02, 0.005, 4),
+            weight_decay_rate=1e-3,
+            clipping_threshold=None,
+            multiply_by_parameter_scale=False,
+            decay_rate=0.6,
+        ),
+    ],
+    ids=["defaults", "schedule-wd-noclip-noscale"],
+)
+def test_matches_optax_adafactor(kwargs):
+    params = _tree(jax.random.key(0))
+    grads = _grads_seq(5)
+    ours, ours_state = _run(adafactor(**kwargs), params, grads)
+    peer, peer_state = _run(optax.adafactor(**kwargs), params, grads)
+    for a, b in zip(ours, peer):
+        _assert_trees_close(a, b)
+    # Same statistics, stored with kept (size-1) axes instead of removed ones. optax calls
+    # the mean over the largest axis "v_row"; ours averages over the higher-index axis.
+    ours_rms, peer_rms = ours_state[0], peer_state[0]
+    for name, axes in (("w", (1, 0)), ("t", (2, 1))):
+        np.testing.assert_allclose(
+            ours_rms.v_row[name].squeeze(axes[0]), peer_rms.v_col[name], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            ours_rms.v_col[name].squeeze(axes[1]), peer_rms.v_row[name], rtol=1e-6
+        )
+    for name in ("small", "b"):
+        np.testing.assert_allclose(ours_rms.v[name], peer_rms.v[name], rtol=1e-6)
+        assert ours_rms.v_row[name].shape == ()
+
+
+@pytest.mark.parametrize(
+    "kwargs,ref",
+    [
+        (dict(), dict()),
+        (
+            dict(momentum=0.9, decay_offset=100, learning_rate=0.02),
+            dict(b1=0.9, offset=100, lr=0.02),
+        ),
+        (
+            dict(
+                multiply_by_parameter_scale=False,
+                decay_offset=-3,
+                clipping_threshold=2.0,
+                eps_scale=0.5,
+                min_dim_size_to_factor=32,
+            ),
+            dict(param_scale=False, offset=-3, d=2.0, eps2=0.5, min_dim=32),
+        ),
+    ],
+    ids=["paper-defaults", "momentum-offset", "noscale-negoffset-clip2-mindim32"],
+)
+def test_matches_numpy_spec(kwargs, ref):
+    params = _tree(jax.random.key(1), scale=0.1)
+    grads = _grads_seq(4)
+    ours, _ = _run(adafactor(**kwargs), params, grads)
+    expected = _np_adafactor(params, grads, **ref)
+    for a, b in zip(ours, expected):
+        _assert_trees_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+def test_named_axes_rank4_numpy():
+    shapes = {"conv": (3, 3, 160, 144), "b": (144,)}
+    params = _tree(jax.random.key(2), shapes)
+    grads = _grads_seq(3, shapes)
+    tx = adafactor(0.01, factored_axes=lambda shape: (-2, -1) if len(shape) == 4 else None)
+    ours, state = _run(tx, params, grads)
+    assert state[0].v_row["conv"].shape == (3, 3, 160, 1)
+    assert state[0].v_col["conv"].shape == (3, 3, 1, 144)
+    expected = _np_adafactor(
+        params, grads, lr=0.01, axes_fn=lambda s, m: (2, 3) if len(s) == 4 else None
+    )
+    for a, b in zip(ours, expected):
+        _assert_trees_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=1, max_size=3),
+    axes_choice=st.sampled_from(["auto", "last-two", "first-last"]),
+    offset=st.integers(-5, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_factored_rms_random_shapes(shape, axes_choice, offset, seed):
+    shape = tuple(shape)
+    named = {"auto": None, "last-two": (-2, -1), "first-last": (0, -1)}[axes_choice]
+    axes_fn = None
+    if named is not None:
+
+        def axes_fn(s, m):
+            if len(s) < 2:
+                return None
+            a, b = (x % len(s) for x in named)
+            return (a, b) if min(s[a], s[b]) >= m else None
+
+    tx = scale_by_factored_rms(min_dim_size_to_factor=2, decay_offset=offset, factored_axes=named)
+    rng = np.random.default_rng(seed)
+    g1, g2 = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
+
+    @jax.jit
+    def two_steps(g1, g2):
+        state = tx.init(jnp.zeros(shape))
+        _, state = tx.update(g1, state)
+        return tx.update(g2, state)[0]
+
+    u = two_steps(g1, g2)
+    # numpy: the factored-RMS stage alone (no clipping/scale/lr) after two steps
+    stats = None
+    for t, g in enumerate((g1, g2), start=1):
+        beta = 1.0 - max(t + offset, 1.0) ** (-0.8)
+        g = g.astype(np.float64)
+        axes = (axes_fn or _np_factored_axes)(shape, 2)
+        gg = g**2 + 1e-30
+        if axes is None:
+            stats = beta * (0.0 if stats is None else stats) + (1 - beta) * gg
+            vhat = stats
+        else:
+            row, col = axes
+            r0, c0 = (0.0, 0.0) if stats is None else stats
+            r = beta * r0 + (1 - beta) * gg.mean(axis=col, keepdims=True)
+            c = beta * c0 + (1 - beta) * gg.mean(axis=row, keepdims=True)
+            stats = (r, c)
+            vhat = r * c / r.mean(axis=row, keepdims=True)
+    np.testing.assert_allclose(np.asarray(u), g / np.sqrt(vhat), rtol=2e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def test_decay_offset_closed_form_and_no_nan():
+    """One step from zero state: v = (1 − β̂_1) g² = (1 + offset)^(−c) (g² + ε1)."""
+    g = jnp.array([2.0, -3.0])
+    for offset, expected_weight in [(0, 1.0), (9, 10.0**-0.8), (1000, 1001.0**-0.8), (-7, 1.0)]:
+        tx = scale_by_factored_rms(decay_offset=offset)
+        _, state = tx.update(g, tx.init(g))
+        np.testing.assert_allclose(state.v, expected_weight * np.array([4.0, 9.0]), rtol=1e-5)
+    params = _tree(jax.random.key(3))
+    traj, _ = _run(adafactor(decay_offset=5000), params, _grads_seq(3))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(traj))
+
+
+def test_zero_gradients_and_zero_params_are_finite():
+    params = {"w": jnp.zeros((256, 128)), "b": jnp.zeros((8,))}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    tx = optax.inject_hyperparams(adafactor)(learning_rate=0.1, eps=0.0)
+    traj, _ = _run(tx, params, [grads, grads])
+    for x in jax.tree.leaves(traj):
+        assert bool(jnp.all(x == 0.0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_float32_statistics(dtype):
+    shapes = {"w": (256, 128), "b": (48,)}
+    params = _tree(jax.random.key(4), shapes, scale=0.1, dtype=dtype)
+    grads = _grads_seq(3, shapes, dtype=dtype)
+    traj, state = _run(adafactor(0.01, momentum=0.9), params, grads)
+    for leaf in jax.tree.leaves((state[0].v_row, state[0].v_col, state[0].v, state[2].m)):
+        assert leaf.dtype == jnp.float32
+    assert all(x.dtype == dtype for x in jax.tree.leaves(traj[-1]))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(traj))
+    # the float32 statistics equal the float64 reference fed with the same low-precision grads
+    g = [np.asarray(x["b"], np.float64) for x in grads]
+    beta2, beta3 = 1 - 2.0**-0.8, 1 - 3.0**-0.8
+    v = beta3 * (beta2 * g[0] ** 2 + (1 - beta2) * g[1] ** 2) + (1 - beta3) * g[2] ** 2
+    np.testing.assert_allclose(state[0].v["b"], v, rtol=1e-5)
+
+
+def test_state_bytes_sublinear():
+    params = {"w": jnp.zeros((1024, 512)), "b": jnp.zeros((512,))}
+    nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+    ours = nbytes(adafactor().init(params))
+    adam = nbytes(optax.adam(1e-3).init(params))
+    n = 1024 * 512 + 512
+    # rows + columns of w, full v of b, a count and placeholders
+    assert ours <= 4 * (1024 + 512 + 512) + 64
+    assert adam >= 8 * n
+    assert ours / n < 0.02
+
+
+def test_building_blocks_closed_forms():
+    u, _ = clip_by_update_rms(2.0).update({"a": jnp.full((4,), 6.0)}, optax.EmptyState())
+    np.testing.assert_allclose(u["a"], 2.0)
+    p = {"a": jnp.array([3.0, -4.0])}
+    u, _ = scale_by_param_rms(1e-3).update({"a": jnp.ones(2)}, optax.EmptyState(), p)
+    np.testing.assert_allclose(u["a"], math.sqrt(12.5))
+    tx = momentum_ema(0.5)
+    s = tx.init(jnp.zeros(1))
+    for x in (4.0, 2.0):
+        u, s = tx.update(jnp.array([x]), s)
+    np.testing.assert_allclose(u, [0.5 * 2.0 + 0.25 * 4.0])
+    sched = relative_step_size()
+    np.testing.assert_allclose([sched(c) for c in (0, 9999, 39999)], [1e-2, 1e-2, 5e-3], rtol=1e-6)
+    assert factored_axes_for((256, 128), min_dim_size_to_factor=128) == (0, 1)
+    assert factored_axes_for((256, 127)) is None
+    assert factored_axes_for((256, 128), factored=False) is None
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def test_chain_with_clipping_and_schedule_matches_optax_under_jit():
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.02, 2, 6)
+    ours = optax.chain(optax.clip_by_global_norm(1.0), adafactor(schedule))
+    peer = optax.chain(optax.clip_by_global_norm(1.0), optax.adafactor(schedule))
+    params = _tree(jax.random.key(5))
+    grads = _grads_seq(4)
+    for a, b in zip(_run(ours, params, grads)[0], _run(peer, params, grads)[0]):
+        _assert_trees_close(a, b)
+
+
+def test_inject_hyperparams():
+    params = _tree(jax.random.key(6))
+    grads = _grads_seq(3)
+    tx = optax.inject_hyperparams(adafactor)(learning_rate=0.01, decay_rate=0.8, momentum=0.5)
+    state = tx.init(params)
+    assert set(state.hyperparams) >= {"learning_rate", "decay_rate", "momentum", "eps"}
+    update = jax.jit(tx.update)
+    p = params
+    for g, lr in zip(grads, (0.01, 0.003, 0.003)):
+        state.hyperparams["learning_rate"] = jnp.asarray(lr)
+        updates, state = update(g, state, p)
+        p = optax.apply_updates(p, updates)
+    # momentum is on, so optax.adafactor (momentum last) is a different algorithm: compare
+    # with the numpy transcription, learning rate 0.01 then 0.003.
+    expected = _np_adafactor(params, grads, lr=lambda t: 0.01 if t == 1 else 0.003, b1=0.5)
+    _assert_trees_close(p, expected[-1], rtol=2e-5, atol=1e-7)
+    # min_dim_size_to_factor must be static when init itself is traced
+    with pytest.raises(TypeError, match="static_args"):
+        jax.jit(tx.init)(params)
+    static = optax.inject_hyperparams(adafactor, static_args=("min_dim_size_to_factor",))
+    jax.jit(static(learning_rate=0.01).init)(params)
+
+
+def test_multisteps_matches_optax_on_mean_gradient():
+    params = _tree(jax.random.key(7))
+    grads = _grads_seq(4)
+    ours = optax.MultiSteps(adafactor(0.01), every_k_schedule=2)
+    state = ours.init(params)
+    p = params
+    update = jax.jit(ours.update)
+    for g in grads:
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+    mean_grads = [jax.tree.map(lambda a, b: (a + b) / 2, grads[i], grads[i + 1]) for i in (0, 2)]
+    peer, _ = _run(optax.adafactor(0.01), params, mean_grads)
+    _assert_trees_close(p, peer[-1])
+
+
+def test_nnx_optimizer_loss_decreases():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(16, 128, rngs=rngs)
+            self.l2 = nnx.Linear(128, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.tanh(self.l1(x)))
+
+    x = jax.random.normal(jax.random.key(0), (64, 16))
+    y = jnp.sin(x[:, :1])
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, adafactor(), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_sharded_state_follows_params():
+    mesh = jax.make_mesh((8,), ("x",))
+    specs = {"w": P("x", None), "v": P(None, "x"), "b": P("x")}
+    shapes = {"w": (256, 128), "v": (128, 256), "b": (128,)}
+    host = _tree(jax.random.key(8), shapes)
+    with jax.set_mesh(mesh):
+        params = {k: jax.device_put(host[k], NamedSharding(mesh, specs[k])) for k in host}
+        grads = _grads_seq(2, shapes)
+        grads = [{k: jax.device_put(g[k], NamedSharding(mesh, specs[k])) for k in g} for g in grads]
+        traj, state = _run(adafactor(0.01, momentum=0.9), params, grads)
+    rms, mom = state[0], state[2]
+    expected = {
+        "v_row": {"w": P("x", None), "v": P(None, None)},
+        "v_col": {"w": P(None, None), "v": P(None, "x")},
+    }
+    for field, per_leaf in expected.items():
+        for name, spec in per_leaf.items():
+            leaf = getattr(rms, field)[name]
+            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim), (
+                field,
+                name,
+                leaf.sharding,
+            )
+    assert rms.v["b"].sharding.is_equivalent_to(NamedSharding(mesh, P("x")), 1)
+    for name, spec in specs.items():
+        assert mom.m[name].sharding.is_equivalent_to(NamedSharding(mesh, spec), len(shapes[name]))
+        assert traj[-1][name].sharding.is_equivalent_to(
+            NamedSharding(mesh, spec), len(shapes[name])
+        )
+    # same numbers as the unsharded run
+    unsharded, _ = _run(adafactor(0.01, momentum=0.9), host, _grads_seq(2, shapes))
+    _assert_trees_close(jax.device_get(traj[-1]), unsharded[-1])
+
+
+def _checkpoint_roundtrip(state, directory):
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        leaves, treedef = jax.tree.flatten(state)
+        np.savez(directory / "state.npz", *[np.asarray(x) for x in leaves])
+        with np.load(directory / "state.npz") as data:
+            restored = [jnp.asarray(data[f"arr_{i}"]) for i in range(len(leaves))]
+        return jax.tree.unflatten(treedef, restored)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / "ckpt", state)
+    checkpointer.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    return checkpointer.restore(directory / "ckpt", abstract)
+
+
+def test_checkpoint_roundtrip_continues_identically(tmp_path):
+    tx = adafactor(momentum=0.9)
+    params = _tree(jax.random.key(9))
+    grads = _grads_seq(4)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    p = params
+    for g in grads[:2]:
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+    restored = _checkpoint_roundtrip(state, tmp_path)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    a, b = p, p
+    for g in grads[2:]:
+        u, state = update(g, state, a)
+        a = optax.apply_updates(a, u)
+        u, restored = update(g, restored, b)
+        b = optax.apply_updates(b, u)
+    _assert_trees_close(a, b, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(clipping_threshold=0.5), "clipping_threshold"),
+        (dict(decay_rate=-0.8), "decay_rate"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(momentum=-0.1), "momentum"),
+        (dict(eps=-1e-30), "eps"),
+        (dict(eps_scale=-1.0), "eps_scale"),
+        (dict(learning_rate=-0.1), "learning_rate"),
+        (dict(weight_decay_rate=-0.1), "weight_decay_rate"),
+        (dict(min_dim_size_to_factor=0), "min_dim_size_to_factor"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        adafactor(**kwargs)
+
+
+def test_bad_axes_and_dtypes_raise():
+    w = jnp.zeros((256, 128))
+    with pytest.raises(ValueError, match="factored_axes"):
+        adafactor(factored_axes=(1, 1)).init(w)
+    with pytest.raises(ValueError, match="factored_axes"):
+        adafactor(factored_axes=(0, 5)).init(w)
+    with pytest.raises(TypeError, match="floating"):
+        adafactor().init(jnp.zeros((4,), jnp.int32))
+    with pytest.raises(TypeError, match="bool"):
+        adafactor(factored=1)
+    tx = adafactor(0.01)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(w, tx.init(w))
