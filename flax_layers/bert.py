@@ -1,0 +1,603 @@
+"""BERT-style Transformer encoder in Flax NNX, with a tied masked-LM head.
+
+The encoder follows BERT (Devlin et al., 2019, "BERT: Pre-training of Deep
+Bidirectional Transformers for Language Understanding", arXiv:1810.04805):
+word + position + segment embeddings, then post-LN blocks
+
+    a = LayerNorm(x + Dropout(MultiHeadAttention(x, mask)))
+    y = LayerNorm(a + Dropout(W_2 act(W_1 a + b_1) + b_2))
+
+and an MLM head ``logits = LayerNorm(act(W h + b)) E^T + bias`` tied to the word
+embedding matrix ``E``. The attention mask is what turns the same network into a
+bidirectional MLM, a left-to-right LM or a UniLM seq2seq model (Dong et al.,
+2019, "Unified Language Model Pre-training for Natural Language Understanding
+and Generation", arXiv:1905.03197; Su, "从语言模型到Seq2Seq：Transformer如戏，
+全靠Mask", kexue.fm/archives/6933): masks are boolean ``[batch, 1 or heads,
+queries, keys]`` with ``True`` meaning "may attend" (see ``flax_layers.masks``).
+
+The pure functions (:func:`masked_softmax`, :func:`attention_weights`) carry
+the numerics; the NNX modules only hold parameters and call them. Parameter
+names mirror the Hugging Face ``BertModel`` so that
+``flax_layers.checkpoint.load_hf_bert`` can load real checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "BertConfig",
+    "BertEmbeddings",
+    "BertLayer",
+    "BertModel",
+    "attention_weights",
+    "masked_softmax",
+]
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Hyper-parameters of a BERT encoder (field names follow Hugging Face ``BertConfig``).
+
+    Args:
+      vocab_size: number of word-piece ids.
+      hidden_size: model width ``E``; must be divisible by ``num_attention_heads``.
+      num_hidden_layers: number of Transformer blocks.
+      num_attention_heads: number of heads ``H``; each head has width ``E / H``.
+      intermediate_size: width of the feed-forward layer.
+      hidden_act: feed-forward / MLM-head activation: ``"gelu"`` (exact, erf),
+        ``"gelu_new"`` or ``"gelu_pytorch_tanh"`` (tanh approximation), ``"relu"``,
+        ``"silu"``/``"swish"`` or ``"tanh"``.
+      hidden_dropout_prob: dropout rate on embeddings and block outputs.
+      attention_probs_dropout_prob: dropout rate on attention probabilities.
+      max_position_embeddings: longest supported sequence.
+      type_vocab_size: number of segment ids.
+      layer_norm_eps: LayerNorm epsilon.
+      initializer_range: standard deviation of the truncated-normal initialiser.
+      pad_token_id: id of ``[PAD]`` (used by helpers that derive padding masks).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); softmax and LayerNorm
+        statistics are always computed in float32.
+      param_dtype: parameter storage dtype.
+      with_pooler: build the ``[CLS]`` pooler (dense + tanh).
+      with_mlm_head: build the masked-LM head tied to the word embeddings.
+
+    Returns:
+      An immutable configuration.
+
+    Raises:
+      ValueError: on non-positive sizes, a width not divisible by the head count,
+        an unknown activation or a dropout rate outside ``[0, 1)``.
+
+    Reference: Devlin et al., 2019 (arXiv:1810.04805), Table/Appendix A.
+
+    Example:
+      >>> cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+      ...                  num_attention_heads=4, intermediate_size=64)
+      >>> cfg.head_dim
+      8
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    with_pooler: bool = True
+    with_mlm_head: bool = True
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})."
+            )
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(
+                f"BertConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, "
+                f"got {self.hidden_act!r}."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {rate!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head, ``hidden_size // num_attention_heads``."""
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> BertConfig:
+        """Builds a config from a Hugging Face ``config.json`` dictionary.
+
+        Unknown keys (``architectures``, ``model_type`` ...) are ignored;
+        ``overrides`` win over the dictionary.
+
+        Args:
+          config: the parsed ``config.json``.
+          **overrides: fields to set explicitly (``dtype``, ``with_mlm_head`` ...).
+
+        Returns:
+          The configuration.
+
+        Raises:
+          ValueError: if the checkpoint uses relative position embeddings.
+
+        Example:
+          >>> BertConfig.from_dict({"hidden_size": 64, "num_attention_heads": 2,
+          ...                       "model_type": "bert"}).head_dim
+          32
+        """
+        kind = config.get("position_embedding_type", "absolute")
+        if kind != "absolute":
+            raise ValueError(
+                f"config position_embedding_type must be 'absolute', got {kind!r}; "
+                "relative position embeddings are not supported."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in config.items() if k in names}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str], **overrides: Any) -> BertConfig:
+        """Reads a Hugging Face ``config.json`` (a file or the directory holding it).
+
+        Args:
+          path: ``config.json`` or its directory.
+          **overrides: fields to set explicitly.
+
+        Returns:
+          The configuration.
+
+        Example:
+          >>> import json, tempfile, os
+          >>> d = tempfile.mkdtemp()
+          >>> with open(os.path.join(d, "config.json"), "w") as f:
+          ...     json.dump({"vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2}, f)
+          >>> BertConfig.from_json(d).vocab_size
+          10
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f), **overrides)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array | None = None, axis: int = -1) -> jax.Array:
+    """Softmax over ``axis`` restricted to ``mask``; fully masked rows give zeros.
+
+    ``p_j = mask_j exp(z_j - m) / Σ_k mask_k exp(z_k - m)`` with
+    ``m = max_{k: mask_k} z_k`` (taken as 0 when nothing is allowed). Masked
+    logits are replaced by ``-inf`` before the exponential, so no large
+    constant is added and neither values nor gradients can become NaN, even in
+    bf16/fp16 or when a whole row is masked (the row then sums to 0, not 1).
+
+    Args:
+      logits: floating array ``[..., n]``.
+      mask: boolean array broadcastable to ``logits`` (``True`` = keep) or ``None``.
+      axis: the normalised axis.
+
+    Returns:
+      Probabilities with ``logits``' shape and dtype.
+
+    Raises:
+      TypeError: if ``logits`` is not floating or ``mask`` is not boolean.
+
+    Reference: the additive ``-inf`` masking of Vaswani et al., 2017 ("Attention
+    Is All You Need", arXiv:1706.03762), made safe for empty rows.
+
+    Example:
+      >>> z = jnp.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+      >>> m = jnp.array([[True, True, False], [False, False, False]])
+      >>> print(jnp.round(masked_softmax(z, m), 3))
+      [[0.269 0.731 0.   ]
+       [0.    0.    0.   ]]
+    """
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"masked_softmax: logits must be floating, got dtype {logits.dtype}.")
+    if mask is None:
+        return jax.nn.softmax(logits, axis=axis)
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"masked_softmax: mask must be boolean (True = keep), got {mask.dtype}.")
+    neg_inf = jnp.array(-jnp.inf, logits.dtype)
+    z = jnp.where(mask, logits, neg_inf)
+    m = jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=axis, keepdims=True)
+    return e / jnp.where(s > 0, s, jnp.ones_like(s))
+
+
+def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Scaled dot-product attention probabilities with a boolean mask.
+
+    ``P[b, h, i, j] = softmax_j(q_i · k_j / sqrt(d))`` over the keys ``j`` with
+    ``mask[b, h, i, j]``; rows with no allowed key are all zero (see
+    :func:`masked_softmax`). Logits and softmax are computed in float32.
+
+    Args:
+      query: ``[batch, q_len, heads, head_dim]``.
+      key: ``[batch, k_len, heads, head_dim]``.
+      mask: boolean, broadcastable to ``[batch, heads, q_len, k_len]``, or ``None``.
+
+    Returns:
+      ``[batch, heads, q_len, k_len]`` probabilities in ``query.dtype``.
+
+    Raises:
+      ValueError: on mismatched ranks/shapes or a mask that does not broadcast.
+
+    Reference: Vaswani et al., 2017 (arXiv:1706.03762), eq. 1.
+
+    Example:
+      >>> q = jnp.ones((1, 2, 1, 4)); k = jnp.ones((1, 3, 1, 4))
+      >>> mask = jnp.array([[True, False, False], [True, True, False]])[None, None]
+      >>> print(jnp.round(attention_weights(q, k, mask)[0, 0], 2))
+      [[1.  0.  0. ]
+       [0.5 0.5 0. ]]
+    """
+    if query.ndim != 4 or key.ndim != 4:
+        raise ValueError(
+            "attention_weights: query and key must be [batch, length, heads, head_dim], got "
+            f"shapes {query.shape} and {key.shape}."
+        )
+    if query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
+        raise ValueError(
+            f"attention_weights: query {query.shape} and key {key.shape} must agree on "
+            "batch, heads and head_dim."
+        )
+    b, q_len, h, d = query.shape
+    k_len = key.shape[1]
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        try:
+            jnp.broadcast_shapes(mask.shape, (b, h, q_len, k_len))
+        except ValueError:
+            raise ValueError(
+                f"attention_weights: mask of shape {mask.shape} does not broadcast to "
+                f"[batch, heads, q_len, k_len] = {(b, h, q_len, k_len)}."
+            ) from None
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits * (1.0 / math.sqrt(d))
+    return masked_softmax(logits, mask).astype(query.dtype)
+
+
+def _check_ids(name: str, ids: jax.Array, shape: tuple[int, ...] | None = None) -> jax.Array:
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"BertModel: {name} must be an integer array, got dtype {ids.dtype}.")
+    if shape is None and ids.ndim != 2:
+        raise ValueError(f"BertModel: {name} must be [batch, length], got shape {ids.shape}.")
+    if shape is not None and ids.shape != shape:
+        raise ValueError(f"BertModel: {name} must have shape {shape}, got {ids.shape}.")
+    return ids
+
+
+def _normalise_mask(mask: jax.Array, batch: int, length: int, heads: int) -> jax.Array:
+    mask = jnp.asarray(mask)
+    if mask.ndim == 2:
+        if mask.shape != (batch, length):
+            raise ValueError(
+                "BertModel: a 2-D attention_mask is a key padding mask and must be "
+                f"[batch, length] = {(batch, length)}, got {mask.shape}."
+            )
+        return (mask != 0)[:, None, None, :]
+    if mask.ndim != 4:
+        raise ValueError(
+            "BertModel: attention_mask must be boolean [batch, 1 or heads, q_len, k_len] "
+            f"(or a 2-D [batch, length] padding mask), got shape {mask.shape}."
+        )
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"BertModel: a 4-D attention_mask must be boolean (True = attend), got {mask.dtype}."
+        )
+    try:
+        jnp.broadcast_shapes(mask.shape, (batch, heads, length, length))
+    except ValueError:
+        raise ValueError(
+            f"BertModel: attention_mask of shape {mask.shape} does not broadcast to "
+            f"[batch, heads, q_len, k_len] = {(batch, heads, length, length)}."
+        ) from None
+    return mask
+
+
+def _dense(
+    config: BertConfig, d_in: int, d_out: int, rngs: nnx.Rngs, *, bias: bool = True
+) -> nnx.Linear:
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=bias,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nnx.initializers.truncated_normal(config.initializer_range),
+        rngs=rngs,
+    )
+
+
+def _norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        rngs=rngs,
+    )
+
+
+def _embed(config: BertConfig, num: int, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(
+        num,
+        config.hidden_size,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        embedding_init=nnx.initializers.truncated_normal(config.initializer_range),
+        rngs=rngs,
+    )
+
+
+class BertEmbeddings(nnx.Module):
+    """Word + position + segment embeddings followed by LayerNorm and dropout.
+
+    ``x_t = Dropout(LayerNorm(E_word[id_t] + E_pos[pos_t] + E_seg[seg_t]))``.
+
+    Args:
+      config: the model configuration.
+      rngs: random streams (``params`` for initialisation, ``dropout``).
+
+    Reference: Devlin et al., 2019 (arXiv:1810.04805), Figure 2.
+
+    Example:
+      >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+      ...                  num_attention_heads=2, intermediate_size=32)
+      >>> emb = BertEmbeddings(cfg, rngs=nnx.Rngs(0))
+      >>> ids = jnp.zeros((2, 5), jnp.int32)
+      >>> emb(ids, jnp.zeros_like(ids), jnp.broadcast_to(jnp.arange(5), (2, 5))).shape
+      (2, 5, 16)
+    """
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.word_embeddings = _embed(config, config.vocab_size, rngs)
+        self.position_embeddings = _embed(config, config.max_position_embeddings, rngs)
+        self.token_type_embeddings = _embed(config, config.type_vocab_size, rngs)
+        self.norm = _norm(config, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+
+    def __call__(
+        self, input_ids: jax.Array, segment_ids: jax.Array, position_ids: jax.Array
+    ) -> jax.Array:
+        """Embeds ``[batch, length]`` ids into ``[batch, length, hidden]``."""
+        x = self.word_embeddings(input_ids)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(segment_ids)
+        return self.dropout(self.norm(x))
+
+
+class BertLayer(nnx.Module):
+    """One post-LN Transformer block (self-attention + feed-forward).
+
+    ``a = LN(x + Drop(W_o MHA(x) + b_o))``, ``y = LN(a + Drop(W_2 act(W_1 a + b_1) + b_2))``.
+    The block is split into :meth:`qkv` (projections) and :meth:`attend` (the
+    rest) so that a decoder can attend over cached keys/values
+    (``flax_layers.generation``).
+
+    Args:
+      config: the model configuration.
+      rngs: random streams.
+
+    Reference: Vaswani et al., 2017 (arXiv:1706.03762); Devlin et al., 2019.
+
+    Example:
+      >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+      ...                  num_attention_heads=2, intermediate_size=32)
+      >>> layer = BertLayer(cfg, rngs=nnx.Rngs(0))
+      >>> layer(jnp.ones((2, 5, 16))).shape
+      (2, 5, 16)
+    """
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        e = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.activation = config.hidden_act
+        self.query = _dense(config, e, e, rngs)
+        self.key = _dense(config, e, e, rngs)
+        self.value = _dense(config, e, e, rngs)
+        self.attention_output = _dense(config, e, e, rngs)
+        self.attention_norm = _norm(config, rngs)
+        self.intermediate = _dense(config, e, config.intermediate_size, rngs)
+        self.output = _dense(config, config.intermediate_size, e, rngs)
+        self.output_norm = _norm(config, rngs)
+        self.attention_dropout = nnx.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
+        self.hidden_dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+
+    def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projects ``[batch, length, hidden]`` to query/key/value ``[batch, length, H, d]``."""
+        shape = (*x.shape[:-1], self.num_heads, self.head_dim)
+        return (
+            self.query(x).reshape(shape),
+            self.key(x).reshape(shape),
+            self.value(x).reshape(shape),
+        )
+
+    def attend(
+        self,
+        x: jax.Array,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Attention of ``query`` over ``key``/``value`` then residuals, LayerNorms and FFN."""
+        probs = self.attention_dropout(attention_weights(query, key, mask))
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, value.astype(probs.dtype))
+        ctx = ctx.reshape(*ctx.shape[:-2], -1)
+        a = self.attention_norm(x + self.hidden_dropout(self.attention_output(ctx)))
+        h = _ACTIVATIONS[self.activation](self.intermediate(a))
+        return self.output_norm(a + self.hidden_dropout(self.output(h)))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Applies the block to ``x`` ``[batch, length, hidden]`` under ``mask``."""
+        return self.attend(x, *self.qkv(x), mask)
+
+
+class BertModel(nnx.Module):
+    """BERT encoder with optional pooler and an MLM head tied to the word embeddings.
+
+    ``h = Block_L(... Block_1(Embed(ids, segments, positions), mask) ..., mask)``;
+    ``pool(h) = tanh(W h_0 + b)``;
+    ``mlm_logits(h) = LN(act(W h + b)) E_word^T + bias``.
+    The ``attention_mask`` selects the model family: all-True (plus padding) for
+    an MLM, lower-triangular for a left-to-right LM, ``unilm_mask`` for seq2seq.
+    Use ``model.eval()`` / ``nnx.view(model, deterministic=True)`` to disable
+    dropout and ``model.train()`` to enable it.
+
+    Args:
+      config: the model configuration.
+      rngs: random streams (``params``; ``dropout`` when training).
+
+    Reference: Devlin et al., 2019 (arXiv:1810.04805); Dong et al., 2019
+    (arXiv:1905.03197) for the seq2seq mask.
+
+    Example:
+      >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+      ...                  num_attention_heads=2, intermediate_size=32)
+      >>> model = BertModel(cfg, rngs=nnx.Rngs(0))
+      >>> model.eval()
+      >>> ids = jnp.array([[2, 7, 9, 3, 0]])
+      >>> h = model(ids, attention_mask=ids != 0)
+      >>> h.shape, model.mlm_logits(h).shape, model.pool(h).shape
+      ((1, 5, 16), (1, 5, 50), (1, 16))
+    """
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.layers = nnx.List(
+            [BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)]
+        )
+        self.pooler = (
+            _dense(config, config.hidden_size, config.hidden_size, rngs)
+            if config.with_pooler
+            else None
+        )
+        if config.with_mlm_head:
+            self.mlm_transform = _dense(config, config.hidden_size, config.hidden_size, rngs)
+            self.mlm_norm = _norm(config, rngs)
+            self.mlm_bias = nnx.Param(jnp.zeros((config.vocab_size,), config.param_dtype))
+        else:
+            self.mlm_transform = None
+            self.mlm_norm = None
+            self.mlm_bias = None
+
+    def embed(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Checks the ids and returns the embedding-layer output ``[batch, length, hidden]``."""
+        input_ids = _check_ids("input_ids", input_ids)
+        b, t = input_ids.shape
+        if segment_ids is None:
+            segment_ids = jnp.zeros_like(input_ids)
+        segment_ids = _check_ids("segment_ids", segment_ids, (b, t))
+        if position_ids is None:
+            if t > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"BertModel: input length {t} exceeds max_position_embeddings "
+                    f"{self.config.max_position_embeddings}."
+                )
+            position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        position_ids = _check_ids("position_ids", position_ids, (b, t))
+        return self.embeddings(input_ids, segment_ids, position_ids)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Encodes ids into the last hidden states.
+
+        Args:
+          input_ids: integer ``[batch, length]``.
+          segment_ids: integer ``[batch, length]`` (default zeros).
+          attention_mask: boolean ``[batch, 1 or heads, length, length]`` (True =
+            may attend), or a 2-D ``[batch, length]`` key padding mask, or ``None``
+            (everything attends everything).
+          position_ids: integer ``[batch, length]`` (default ``0..length-1``).
+
+        Returns:
+          ``[batch, length, hidden]`` in the compute dtype.
+        """
+        x = self.embed(input_ids, segment_ids, position_ids)
+        mask = None
+        if attention_mask is not None:
+            b, t = x.shape[:2]
+            mask = _normalise_mask(attention_mask, b, t, self.config.num_attention_heads)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def pool(self, hidden: jax.Array) -> jax.Array:
+        """BERT pooler: ``tanh(W h[:, 0] + b)`` ``[batch, hidden]``."""
+        if self.pooler is None:
+            raise ValueError("BertModel.pool: the model was built with with_pooler=False.")
+        return jnp.tanh(self.pooler(hidden[:, 0]))
+
+    def mlm_logits(self, hidden: jax.Array) -> jax.Array:
+        """Masked-LM logits ``[..., vocab]`` from hidden states ``[..., hidden]``.
+
+        The output projection is the transposed word-embedding matrix (weight
+        tying) plus a per-token bias; logits are in the compute dtype.
+        """
+        if self.mlm_transform is None:
+            raise ValueError("BertModel.mlm_logits: the model was built with with_mlm_head=False.")
+        h = _ACTIVATIONS[self.config.hidden_act](self.mlm_transform(hidden))
+        h = self.mlm_norm(h)
+        logits = self.embeddings.word_embeddings.attend(h)
+        return logits + self.mlm_bias[...].astype(logits.dtype)

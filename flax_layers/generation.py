@@ -1,0 +1,482 @@
+"""UniLM seq2seq generation (greedy and beam search) with a key/value cache.
+
+A bidirectional BERT becomes a seq2seq model by changing only its attention
+mask (Dong et al., 2019, "Unified Language Model Pre-training for Natural
+Language Understanding and Generation", arXiv:1905.03197; Su, "从语言模型到
+Seq2Seq：Transformer如戏，全靠Mask", kexue.fm/archives/6933). With the layout
+``[CLS] src [SEP] tgt [SEP]``, segment ids 0 on the source and 1 on the target
+and ``c = cumsum(segment_ids)``, ``mask[i, j] = c_j <= c_i``: source tokens see
+only the source, target token ``t`` sees the source and targets ``<= t``.
+
+Source keys/values therefore never depend on the target: the source is encoded
+once, its per-layer keys/values are stored in a cache preallocated for
+``max_new_tokens`` more positions, and each new target token only runs its own
+column through the network, attending to the cache. The logits at the last
+source token (the first ``[SEP]``) predict the first target token, as in the
+UniLM loss ``CE(out[:, :-1], ids[:, 1:])`` weighted by the target segment.
+Everything runs under ``jax.jit`` with fixed shapes and ``lax.while_loop``.
+
+Sources are right-padded ``[CLS] src [SEP] [PAD]...``; target token ``t`` (0-based)
+gets position ``source_length + t`` and segment 1, so results equal the
+unpadded per-example computation.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flax_layers.bert import BertModel
+
+__all__ = [
+    "GenerationOutput",
+    "KVCache",
+    "unilm_beam_search",
+    "unilm_decode_step",
+    "unilm_encode_source",
+    "unilm_greedy_generate",
+]
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys/values of the source plus room for the generated target.
+
+    Attributes:
+      keys: one ``[batch, S + T, heads, head_dim]`` array per layer; slots
+        ``S + t`` hold target token ``t`` once it has been fed.
+      values: same shapes as ``keys``.
+      source_mask: boolean ``[batch, S]``, True on real (non-pad) source tokens.
+      source_length: int32 ``[batch]``, number of real source tokens.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    source_mask: jax.Array
+    source_length: jax.Array
+
+
+class GenerationOutput(NamedTuple):
+    """Result of :func:`unilm_greedy_generate` / :func:`unilm_beam_search`.
+
+    Attributes:
+      tokens: int32 ``[batch, max_new_tokens]``: generated ids, the end token
+        included, ``pad_token_id`` afterwards.
+      lengths: int32 ``[batch]``: number of generated tokens (end token included).
+      scores: float32 ``[batch]``: sum of the log-probabilities of the tokens.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    scores: jax.Array
+
+
+def _check_model(model: BertModel) -> None:
+    if not isinstance(model, BertModel):
+        raise TypeError(f"model must be a flax_layers.bert.BertModel, got {type(model)}.")
+    if model.mlm_transform is None:
+        raise ValueError("UniLM generation needs the MLM head: build the model with_mlm_head=True.")
+
+
+def _check_source(model: BertModel, source_ids: jax.Array, max_new_tokens: int) -> tuple[int, int]:
+    source_ids = jnp.asarray(source_ids)
+    if source_ids.ndim != 2 or not jnp.issubdtype(source_ids.dtype, jnp.integer):
+        raise ValueError(
+            "source_ids must be an integer [batch, source_length] array "
+            f"('[CLS] src [SEP]' right-padded), got shape {source_ids.shape} "
+            f"and dtype {source_ids.dtype}."
+        )
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+    b, s = source_ids.shape
+    limit = model.config.max_position_embeddings
+    if s + max_new_tokens > limit:
+        raise ValueError(
+            f"source length {s} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"max_position_embeddings {limit}."
+        )
+    return b, s
+
+
+def _check_token(name: str, token: int, vocab_size: int) -> int:
+    try:
+        value = operator.index(token)
+    except TypeError:
+        value = -1
+    if not 0 <= value < vocab_size:
+        raise ValueError(f"{name} must be an int in [0, vocab_size={vocab_size}), got {token!r}.")
+    return value
+
+
+def _source_mask(
+    source_ids: jax.Array, source_mask: jax.Array | None, pad_token_id: int
+) -> jax.Array:
+    if source_mask is None:
+        return source_ids != pad_token_id
+    source_mask = jnp.asarray(source_mask)
+    if source_mask.shape != source_ids.shape or source_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"source_mask must be boolean with the shape of source_ids {source_ids.shape}, "
+            f"got {source_mask.shape} {source_mask.dtype}."
+        )
+    return source_mask
+
+
+def unilm_encode_source(
+    model: BertModel,
+    source_ids: jax.Array,
+    *,
+    max_new_tokens: int,
+    source_mask: jax.Array | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[jax.Array, KVCache]:
+    """Encodes the source once and returns the first-target-token logits and the cache.
+
+    Source tokens attend bidirectionally to the real source tokens (the UniLM
+    mask restricted to segment 0). The logits are the MLM head at the last real
+    source token (``[SEP]``), which predicts the first target token.
+
+    Args:
+      model: a :class:`BertModel` with an MLM head (call it in eval mode).
+      source_ids: int ``[batch, S]`` right-padded ``[CLS] src [SEP]`` ids.
+      max_new_tokens: number of target slots ``T`` to preallocate.
+      source_mask: boolean ``[batch, S]`` (default ``source_ids != pad_token_id``).
+      pad_token_id: padding id (default ``model.config.pad_token_id``).
+
+    Returns:
+      ``(logits [batch, vocab], cache)``.
+
+    Raises:
+      ValueError: on bad shapes or ``S + T > max_position_embeddings``.
+
+    Reference: Dong et al., 2019 (arXiv:1905.03197), Section 2.
+
+    Example:
+      >>> from flax_layers.bert import BertConfig
+      >>> cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+      ...                  num_attention_heads=2, intermediate_size=16)
+      >>> model = nnx.view(BertModel(cfg, rngs=nnx.Rngs(0)), deterministic=True)
+      >>> encode = nnx.jit(unilm_encode_source, static_argnames="max_new_tokens")
+      >>> logits, cache = encode(model, jnp.array([[2, 5, 3, 0]]), max_new_tokens=3)
+      >>> logits.shape, cache.keys[0].shape, cache.source_length.tolist()
+      ((1, 20), (1, 7, 2, 4), [3])
+    """
+    _check_model(model)
+    b, s = _check_source(model, source_ids, max_new_tokens)
+    if pad_token_id is None:
+        pad_token_id = model.config.pad_token_id
+    source_ids = jnp.asarray(source_ids)
+    mask = _source_mask(source_ids, source_mask, pad_token_id)
+    length = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    x = model.embed(source_ids, jnp.zeros_like(source_ids))
+    attn_mask = mask[:, None, None, :]
+    keys, values = [], []
+    pad = ((0, 0), (0, max_new_tokens), (0, 0), (0, 0))
+    for layer in model.layers:
+        q, k, v = layer.qkv(x)
+        keys.append(jnp.pad(k, pad))
+        values.append(jnp.pad(v, pad))
+        x = layer.attend(x, q, k, v, attn_mask)
+    last = jnp.take_along_axis(x, jnp.maximum(length - 1, 0)[:, None, None], axis=1)[:, 0]
+    logits = model.mlm_logits(last)
+    return logits, KVCache(tuple(keys), tuple(values), mask, length)
+
+
+def unilm_decode_step(
+    model: BertModel, token_ids: jax.Array, step: jax.Array | int, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
+    """Feeds target token ``step`` (0-based) and returns the next-token logits.
+
+    The token gets segment 1 and position ``source_length + step``; its keys and
+    values are written at cache slot ``S + step`` and its query attends to the
+    real source tokens and target slots ``<= step`` (the UniLM mask row).
+
+    Args:
+      model: the model used for :func:`unilm_encode_source`.
+      token_ids: int ``[batch]``, the token just generated.
+      step: its target index (scalar, may be traced).
+      cache: the cache from :func:`unilm_encode_source` / the previous step.
+
+    Returns:
+      ``(logits [batch, vocab], updated cache)``.
+
+    Raises:
+      ValueError: if ``token_ids`` is not ``[batch]`` for the cache's batch.
+
+    Reference: Dong et al., 2019 (arXiv:1905.03197).
+
+    Example:
+      >>> from flax_layers.bert import BertConfig
+      >>> cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+      ...                  num_attention_heads=2, intermediate_size=16)
+      >>> model = nnx.view(BertModel(cfg, rngs=nnx.Rngs(0)), deterministic=True)
+      >>> encode = nnx.jit(unilm_encode_source, static_argnames="max_new_tokens")
+      >>> logits, cache = encode(model, jnp.array([[2, 5, 3]]), max_new_tokens=2)
+      >>> logits, cache = nnx.jit(unilm_decode_step)(model, jnp.argmax(logits, -1), 0, cache)
+      >>> logits.shape
+      (1, 20)
+    """
+    token_ids = jnp.asarray(token_ids)
+    b, s = cache.source_mask.shape
+    if token_ids.shape != (b,) or not jnp.issubdtype(token_ids.dtype, jnp.integer):
+        raise ValueError(
+            f"token_ids must be an integer [batch] = {(b,)} array, got {token_ids.shape} "
+            f"{token_ids.dtype}."
+        )
+    t = cache.keys[0].shape[1] - s
+    step = jnp.asarray(step, jnp.int32)
+    positions = (cache.source_length + step)[:, None]
+    x = model.embed(token_ids[:, None], jnp.ones_like(token_ids)[:, None], positions)
+    key_mask = jnp.concatenate(
+        [cache.source_mask, jnp.broadcast_to(jnp.arange(t) <= step, (b, t))], axis=1
+    )[:, None, None, :]
+    keys, values = [], []
+    for layer, k_cache, v_cache in zip(model.layers, cache.keys, cache.values):
+        q, k, v = layer.qkv(x)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), s + step, 1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), s + step, 1)
+        keys.append(k_cache)
+        values.append(v_cache)
+        x = layer.attend(x, q, k_cache, v_cache, key_mask)
+    logits = model.mlm_logits(x[:, 0])
+    return logits, cache._replace(keys=tuple(keys), values=tuple(values))
+
+
+def _greedy(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id):
+    logits, cache = unilm_encode_source(
+        model,
+        source_ids,
+        max_new_tokens=max_new_tokens,
+        source_mask=source_mask,
+        pad_token_id=pad_token_id,
+    )
+    b = source_ids.shape[0]
+    init = (
+        jnp.int32(0),
+        logits,
+        cache,
+        jnp.full((b, max_new_tokens), pad_token_id, jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.float32),
+        jnp.zeros((b,), jnp.int32),
+    )
+
+    def cond(state):
+        t, _, _, _, done, _, _ = state
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        t, logits, cache, tokens, done, scores, lengths = state
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+        lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+        tok = jnp.where(done, pad_token_id, tok)
+        scores = scores + jnp.where(done, 0.0, lp)
+        lengths = lengths + (~done).astype(jnp.int32)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, 1)
+        done = done | (tok == end_token_id)
+        logits, cache = unilm_decode_step(model, tok, t, cache)
+        return t + 1, logits, cache, tokens, done, scores, lengths
+
+    _, _, _, tokens, _, scores, lengths = jax.lax.while_loop(cond, body, init)
+    return GenerationOutput(tokens, lengths, scores)
+
+
+def _beam(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, k):
+    logits, cache = unilm_encode_source(
+        model,
+        source_ids,
+        max_new_tokens=max_new_tokens,
+        source_mask=source_mask,
+        pad_token_id=pad_token_id,
+    )
+    b, src_len = source_ids.shape
+    vocab = logits.shape[-1]
+    logits = jnp.repeat(logits, k, axis=0)
+    cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), cache)
+    neg_inf = jnp.float32(-jnp.inf)
+    scores = jnp.where(jnp.arange(k) == 0, 0.0, neg_inf)
+    init = (
+        jnp.int32(0),
+        logits,
+        cache,
+        jnp.full((b, k, max_new_tokens), pad_token_id, jnp.int32),
+        jnp.broadcast_to(scores, (b, k)),
+        jnp.full((b,), k, jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.full((b, max_new_tokens), pad_token_id, jnp.int32),
+        jnp.zeros((b,), jnp.float32),
+        jnp.zeros((b,), jnp.int32),
+    )
+
+    def cond(state):
+        t, done = state[0], state[6]
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        t, logits, cache, tokens, scores, n_alive, done, out_tok, out_score, out_len = state
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
+        cand = (scores[:, :, None] + logp).reshape(b, k * vocab)
+        top, idx = jax.lax.top_k(cand, k)  # sorted, best first
+        beam = idx // vocab
+        tok = (idx % vocab).astype(jnp.int32)
+        tokens = jnp.take_along_axis(tokens, beam[:, :, None], axis=1)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, tok[:, :, None], t, 2)
+        # bert4keras: keep the n_alive best candidates; stop when the best one ended.
+        slot_alive = jnp.arange(k)[None, :] < n_alive[:, None]
+        is_end = tok == end_token_id
+        finish = ~done & (is_end[:, 0] | (t == max_new_tokens - 1))
+        out_tok = jnp.where(finish[:, None], tokens[:, 0], out_tok)
+        out_score = jnp.where(finish, top[:, 0], out_score)
+        out_len = jnp.where(finish, t + 1, out_len)
+        done = done | finish
+        alive = slot_alive & ~is_end
+        n_alive = jnp.sum(alive, axis=1, dtype=jnp.int32)
+        scores = jnp.where(alive, top, neg_inf)
+        # reorder the cache rows by parent beam; the source part is the same for all the
+        # beams of an example, so only the target slots need moving
+        flat = (jnp.arange(b)[:, None] * k + beam).reshape(-1)
+        cache = cache._replace(
+            keys=tuple(a.at[:, src_len:].set(a[flat, src_len:]) for a in cache.keys),
+            values=tuple(a.at[:, src_len:].set(a[flat, src_len:]) for a in cache.values),
+        )
+        logits, cache = unilm_decode_step(model, tok.reshape(-1), t, cache)
+        return t + 1, logits, cache, tokens, scores, n_alive, done, out_tok, out_score, out_len
+
+    final = jax.lax.while_loop(cond, body, init)
+    return GenerationOutput(final[7], final[9], final[8])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 7))
+def _generate_jit(graphdef, state, source_ids, source_mask, t, end_id, pad_id, beam_size):
+    model = nnx.view(nnx.merge(graphdef, state), deterministic=True)  # no dropout
+    if beam_size == 0:
+        return _greedy(model, source_ids, source_mask, t, end_id, pad_id)
+    return _beam(model, source_ids, source_mask, t, end_id, pad_id, beam_size)
+
+
+def _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, beam):
+    _check_model(model)
+    _check_source(model, source_ids, max_new_tokens)
+    vocab = model.config.vocab_size
+    if pad_token_id is None:
+        pad_token_id = model.config.pad_token_id
+    end_token_id = _check_token("end_token_id", end_token_id, vocab)
+    pad_token_id = _check_token("pad_token_id", pad_token_id, vocab)
+    source_ids = jnp.asarray(source_ids)
+    source_mask = _source_mask(source_ids, source_mask, pad_token_id)
+    graphdef, state = nnx.split(model)
+    end_id, pad_id = jnp.int32(end_token_id), jnp.int32(pad_token_id)
+    return _generate_jit(
+        graphdef, state, source_ids, source_mask, max_new_tokens, end_id, pad_id, beam
+    )
+
+
+def unilm_greedy_generate(
+    model: BertModel,
+    source_ids: jax.Array,
+    *,
+    max_new_tokens: int,
+    end_token_id: int,
+    source_mask: jax.Array | None = None,
+    pad_token_id: int | None = None,
+) -> GenerationOutput:
+    """Greedy UniLM decoding with a KV cache, jitted with fixed shapes.
+
+    ``y_t = argmax_v log p(v | src, y_<t)``, stopping at ``end_token_id`` (kept in
+    the output) or after ``max_new_tokens``. Dropout is disabled.
+
+    Args:
+      model: a :class:`BertModel` with an MLM head.
+      source_ids: int ``[batch, S]`` right-padded ``[CLS] src [SEP]`` ids.
+      max_new_tokens: maximum number of generated tokens ``T``.
+      end_token_id: the stop token (``[SEP]``).
+      source_mask: boolean ``[batch, S]`` (default ``source_ids != pad_token_id``).
+      pad_token_id: id written after the end (default ``model.config.pad_token_id``).
+
+    Returns:
+      :class:`GenerationOutput` with ``tokens [batch, T]``, ``lengths`` and ``scores``.
+
+    Raises:
+      ValueError: on bad shapes, ids out of range or a too long ``S + T``.
+
+    Reference: Dong et al., 2019 (arXiv:1905.03197); bert4keras
+    ``AutoRegressiveDecoder.random_sample/beam_search``.
+
+    Example:
+      >>> from flax_layers.bert import BertConfig
+      >>> cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+      ...                  num_attention_heads=2, intermediate_size=16)
+      >>> model = BertModel(cfg, rngs=nnx.Rngs(0))
+      >>> out = unilm_greedy_generate(model, jnp.array([[2, 5, 6, 3], [2, 7, 3, 0]]),
+      ...                             max_new_tokens=4, end_token_id=3)
+      >>> out.tokens.shape, out.lengths.shape
+      ((2, 4), (2,))
+    """
+    return _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, 0)
+
+
+def unilm_beam_search(
+    model: BertModel,
+    source_ids: jax.Array,
+    *,
+    beam_size: int,
+    max_new_tokens: int,
+    end_token_id: int,
+    source_mask: jax.Array | None = None,
+    pad_token_id: int | None = None,
+) -> GenerationOutput:
+    """Beam search for UniLM seq2seq with a KV cache (bert4keras semantics), jitted.
+
+    Scores are summed log-probabilities. Each step takes the ``n`` best
+    one-token extensions of the ``n`` live beams (``n = beam_size`` at first).
+    If the best of them ends with ``end_token_id`` it is returned; otherwise the
+    ended candidates are dropped and ``n`` shrinks by their number. After
+    ``max_new_tokens`` steps the best live beam is returned. Fixed shapes: dead
+    beams are kept with score ``-inf``.
+
+    Args:
+      model: a :class:`BertModel` with an MLM head.
+      source_ids: int ``[batch, S]`` right-padded ``[CLS] src [SEP]`` ids.
+      beam_size: number of beams ``K`` (``1 <= K <= vocab_size``).
+      max_new_tokens: maximum number of generated tokens ``T``.
+      end_token_id: the stop token (``[SEP]``).
+      source_mask: boolean ``[batch, S]`` (default ``source_ids != pad_token_id``).
+      pad_token_id: id written after the end (default ``model.config.pad_token_id``).
+
+    Returns:
+      :class:`GenerationOutput` with the best sequence per example.
+
+    Raises:
+      ValueError: on bad shapes, ids out of range or an invalid ``beam_size``.
+
+    Reference: bert4keras ``AutoRegressiveDecoder.beam_search`` (Su,
+    kexue.fm/archives/7500); Dong et al., 2019 (arXiv:1905.03197).
+
+    Example:
+      >>> from flax_layers.bert import BertConfig
+      >>> cfg = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+      ...                  num_attention_heads=2, intermediate_size=16)
+      >>> model = BertModel(cfg, rngs=nnx.Rngs(0))
+      >>> out = unilm_beam_search(model, jnp.array([[2, 5, 6, 3]]), beam_size=3,
+      ...                         max_new_tokens=4, end_token_id=3)
+      >>> out.tokens.shape, bool(out.scores[0] <= 0)
+      ((1, 4), True)
+    """
+    _check_model(model)
+    vocab = model.config.vocab_size
+    try:
+        size = operator.index(beam_size)
+    except TypeError:
+        size = 0
+    if not 1 <= size <= vocab:
+        raise ValueError(f"beam_size must be an int in [1, vocab_size={vocab}], got {beam_size!r}.")
+    return _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, size)

@@ -1,0 +1,223 @@
+"""BERT encoder: attention numerics, mask semantics, dtype/dropout behaviour, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flax_layers.bert import BertConfig, BertModel, attention_weights, masked_softmax
+
+CFG = BertConfig(
+    vocab_size=31,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    initializer_range=0.3,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> BertModel:
+    m = BertModel(CFG, rngs=nnx.Rngs(0))
+    m.eval()
+    return m
+
+
+@nnx.jit
+def _forward(model, ids, seg, mask):
+    return model(ids, seg, mask)
+
+
+# ---------------------------------------------------------------- masked softmax
+
+
+_jit_masked_softmax = jax.jit(masked_softmax)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
+)
+def test_masked_softmax_is_softmax_over_the_allowed_subset(seed, dtype):
+    rng = np.random.default_rng(seed)
+    n = 6
+    z = rng.normal(size=(4, n)) * 5
+    mask = rng.random((4, n)) < rng.uniform(0.2, 0.9)
+    mask[0] = False  # always one fully masked row
+    got = np.asarray(_jit_masked_softmax(jnp.asarray(z, dtype), jnp.asarray(mask)), np.float64)
+    for row in range(4):
+        allowed = mask[row]
+        expected = np.zeros(n)
+        if allowed.any():
+            zz = np.asarray(jnp.asarray(z[row], dtype), np.float64)[allowed]
+            e = np.exp(zz - zz.max())
+            expected[allowed] = e / e.sum()
+        tol = 1e-6 if dtype == jnp.float32 else 1e-2
+        np.testing.assert_allclose(got[row], expected, atol=tol)
+
+
+def test_masked_softmax_gradients_are_finite_with_masked_rows():
+    z = jnp.array([[1.0, 50.0, -3.0], [2.0, 1.0, 0.5]], jnp.bfloat16)
+    mask = jnp.array([[True, False, True], [False, False, False]])
+
+    def f(z):
+        return jnp.sum(masked_softmax(z, mask) * jnp.arange(3.0))
+
+    g = jax.grad(f)(z)
+    assert np.isfinite(np.asarray(g, np.float32)).all()
+    assert float(jnp.abs(g[1]).max()) == 0.0  # fully masked row: no gradient
+    assert float(g[0, 1]) == 0.0  # masked entry: no gradient
+
+
+def test_attention_weights_match_jax_dot_product_attention():
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(kq, (2, 5, 3, 8))
+    k = jax.random.normal(kk, (2, 7, 3, 8))
+    v = jax.random.normal(kv, (2, 7, 3, 8))
+    mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 1, 5, 7)).at[..., 0].set(True)
+
+    @jax.jit
+    def both(q, k, v, mask):
+        ours = jnp.einsum("bhqk,bkhd->bqhd", attention_weights(q, k, mask), v)
+        return ours, jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+    ours, ref = both(q, k, v, mask)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    fully = jax.jit(attention_weights)(q, k, jnp.zeros((1, 1, 5, 7), bool))
+    assert float(jnp.abs(fully).max()) == 0.0
+
+
+# --------------------------------------------------------------- mask semantics
+
+
+def _ids(batch=2, length=10, seed=0):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 1, CFG.vocab_size)
+
+
+def test_padding_mask_makes_output_independent_of_padding(model):
+    ids = _ids()
+    seg = jnp.zeros_like(ids)
+    n = 6
+    pad_mask = (jnp.arange(10) < n)[None, None, None, :]
+    a = _forward(model, ids, seg, jnp.broadcast_to(pad_mask, (2, 1, 10, 10)))
+    ids2 = ids.at[:, n:].set(_ids(seed=1)[:, n:])  # change only the padded tokens
+    b = _forward(model, ids2, seg, jnp.broadcast_to(pad_mask, (2, 1, 10, 10)))
+    np.testing.assert_allclose(a[:, :n], b[:, :n], atol=1e-6)
+    # same as running the unpadded prefix alone
+    c = _forward(model, ids[:, :n], seg[:, :n], jnp.ones((2, 1, n, n), bool))
+    np.testing.assert_allclose(a[:, :n], c, atol=1e-5)
+    # the 2-D [batch, length] padding-mask shortcut is equivalent
+    d = _forward(model, ids, seg, jnp.broadcast_to(jnp.arange(10) < n, (2, 10)))
+    np.testing.assert_allclose(a, d, atol=1e-6)
+
+
+def test_causal_mask_outputs_do_not_see_the_future(model):
+    ids = _ids()
+    seg = jnp.zeros_like(ids)
+    causal = jnp.tril(jnp.ones((10, 10), bool))[None, None]
+    a = _forward(model, ids, seg, jnp.broadcast_to(causal, (2, 1, 10, 10)))
+    b = _forward(model, ids.at[:, 7:].set(5), seg, jnp.broadcast_to(causal, (2, 1, 10, 10)))
+    np.testing.assert_allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert float(jnp.abs(a[:, 7:] - b[:, 7:]).max()) > 1e-3  # the future does change
+
+
+def test_unilm_mask_source_ignores_target(model):
+    ids = _ids()
+    seg = jnp.array([[0] * 4 + [1] * 6] * 2)
+    c = jnp.cumsum(seg, axis=1)
+    mask = (c[:, None, :] <= c[:, :, None])[:, None]
+    a = _forward(model, ids, seg, mask)
+    b = _forward(model, ids.at[:, 6:].set(7), seg, mask)
+    np.testing.assert_allclose(a[:, :6], b[:, :6], atol=1e-6)  # source + earlier target
+    # the source part equals a bidirectional encoding of the source alone
+    src = _forward(model, ids[:, :4], seg[:, :4], jnp.ones((2, 1, 4, 4), bool))
+    np.testing.assert_allclose(a[:, :4], src, atol=1e-5)
+
+
+def test_fully_masked_rows_give_finite_outputs_and_gradients(model):
+    ids = _ids()
+    mask = jnp.ones((2, 1, 10, 10), bool).at[:, :, 3, :].set(False)  # query 3 sees nothing
+
+    def loss(m):
+        return jnp.sum(m.mlm_logits(m(ids, None, mask)) ** 2)
+
+    value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
+    assert np.isfinite(float(value))
+    leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+
+
+# ------------------------------------------------------------ dtype and dropout
+
+
+def test_bf16_compute_is_close_to_float32(model):
+    ids = _ids()
+    m16 = BertModel(dataclasses.replace(CFG, dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
+    nnx.update(m16, nnx.state(model, nnx.Param))  # same float32 parameters
+    m16.eval()
+    h32 = _forward(model, ids, None, None)
+    h16 = _forward(m16, ids, None, None)
+    assert h16.dtype == jnp.bfloat16
+    assert m16.embeddings.word_embeddings.embedding[...].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(h16, np.float32), h32, atol=0.15)
+    assert np.isfinite(np.asarray(nnx.jit(BertModel.mlm_logits)(m16, h16), np.float32)).all()
+
+
+def test_dropout_active_in_train_mode_only():
+    m = BertModel(CFG, rngs=nnx.Rngs(0, dropout=1))
+    ids = _ids()
+    m.train()
+    a, b = _forward(m, ids, None, None), _forward(m, ids, None, None)
+    assert float(jnp.abs(a - b).max()) > 1e-3  # the dropout key advances between calls
+    m.eval()
+    np.testing.assert_array_equal(_forward(m, ids, None, None), _forward(m, ids, None, None))
+
+
+def test_mlm_head_is_tied_to_word_embeddings(model):
+    @nnx.jit
+    def both(model, ids):
+        h = model(ids)
+        t = model.mlm_norm(jax.nn.gelu(model.mlm_transform(h), approximate=False))
+        expected = t @ model.embeddings.word_embeddings.embedding[...].T + model.mlm_bias[...]
+        return model.mlm_logits(h), expected
+
+    logits, expected = both(model, _ids())
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert logits.shape == (2, 10, CFG.vocab_size)
+
+
+# ------------------------------------------------------------------------ errors
+
+
+def test_bad_inputs_raise(model):
+    ids = _ids()
+    with pytest.raises(TypeError, match="input_ids"):
+        model(ids.astype(jnp.float32))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(ids[0])
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(jnp.ones((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, None, jnp.ones((2, 1, 10, 9), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        model(ids, None, jnp.ones((2, 1, 10, 10), jnp.float32))
+    with pytest.raises(ValueError, match="segment_ids"):
+        model(ids, jnp.zeros((2, 9), jnp.int32))
+    with pytest.raises(ValueError, match="divisible"):
+        BertConfig(hidden_size=10, num_attention_heads=3)
+    with pytest.raises(ValueError, match="hidden_act"):
+        BertConfig(hidden_act="nope")
+    with pytest.raises(ValueError, match="dropout"):
+        BertConfig(hidden_dropout_prob=1.0)
+    with pytest.raises(ValueError, match="relative"):
+        BertConfig.from_dict({"position_embedding_type": "relative_key"})

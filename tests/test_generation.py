@@ -1,0 +1,230 @@
+"""UniLM generation with a KV cache vs. uncached full-recompute references."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flax_layers.bert import BertConfig, BertModel
+from flax_layers.generation import (
+    unilm_beam_search,
+    unilm_decode_step,
+    unilm_encode_source,
+    unilm_greedy_generate,
+)
+
+VOCAB = 23
+END = 3
+PAD = 0
+T_MAX = 6
+
+
+def _config(**kw) -> BertConfig:
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=24,
+        initializer_range=0.5,  # peaky distributions: no near-ties between tokens
+    )
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def model() -> BertModel:
+    m = BertModel(_config(), rngs=nnx.Rngs(3))
+    m.mlm_bias[...] = jax.random.normal(jax.random.key(1), (VOCAB,))
+    m.eval()
+    return m
+
+
+# Right-padded sources "[CLS] src [SEP]" of different lengths (CLS=2, SEP=END=3).
+SOURCES = [[2, 5, 9, 11, 7, 3], [2, 13, 3], [2, 6, 17, 3]]
+
+
+def _padded(sources):
+    width = max(map(len, sources))
+    return jnp.array([s + [PAD] * (width - len(s)) for s in sources], jnp.int32)
+
+
+REF_LEN = 16  # every reference sequence is padded to this length: one jit compile
+
+
+@nnx.jit
+def _unilm_forward(model: BertModel, ids, seg, length):
+    """Full forward of ``[1, REF_LEN]`` ids under the UniLM mask; log-probs at ``length - 1``."""
+    c = jnp.cumsum(seg, axis=-1)
+    mask = c[:, None, :] <= c[:, :, None]  # mask[i, j] = c_j <= c_i
+    mask = mask & (jnp.arange(REF_LEN) < length)[None, None, :]  # hide the padding keys
+    h = model(ids, seg, mask[:, None])
+    logits = model.mlm_logits(h[0, length - 1]).astype(jnp.float32)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _full_logprobs(model: BertModel, source: list[int], target: list[int]) -> np.ndarray:
+    """Next-token log-probs by recomputing the whole sequence under the UniLM mask."""
+    n = len(source) + len(target)
+    ids = np.full((1, REF_LEN), PAD, np.int32)
+    seg = np.ones((1, REF_LEN), np.int32)
+    ids[0, :n] = source + target
+    seg[0, : len(source)] = 0
+    return np.asarray(_unilm_forward(model, jnp.asarray(ids), jnp.asarray(seg), n))
+
+
+def _reference_greedy(model, source, end, t_max):
+    out, score = [], 0.0
+    for _ in range(t_max):
+        logp = _full_logprobs(model, source, out)
+        tok = int(np.argmax(logp))
+        out.append(tok)
+        score += float(logp[tok])
+        if tok == end:
+            break
+    return out, score
+
+
+def _reference_beam(model, source, topk, end, t_max, events=None):
+    """bert4keras AutoRegressiveDecoder.beam_search (min_ends=1), without any cache."""
+    events = [] if events is None else events
+    output_ids = np.zeros((1, 0), np.int64)
+    output_scores = np.zeros(1)
+    for _ in range(t_max):
+        scores = np.stack([_full_logprobs(model, source, list(o)) for o in output_ids])
+        scores = output_scores.reshape((-1, 1)) + scores
+        indices = np.argsort(-scores, axis=None, kind="stable")[:topk]
+        indices_1 = indices // scores.shape[1]
+        indices_2 = (indices % scores.shape[1]).reshape((-1, 1))
+        output_ids = np.concatenate([output_ids[indices_1], indices_2], 1)
+        output_scores = np.take_along_axis(scores, indices, axis=None)
+        is_end = output_ids[:, -1] == end
+        best = output_scores.argmax()
+        if is_end[best]:
+            return list(output_ids[best]), float(output_scores[best])
+        flag = ~is_end
+        if not flag.all():
+            events.append("shrink")  # a non-best beam ended and is dropped
+            output_ids, output_scores = output_ids[flag], output_scores[flag]
+            topk = int(flag.sum())
+    best = output_scores.argmax()
+    return list(output_ids[best]), float(output_scores[best])
+
+
+def _pick_end(model, source) -> int:
+    """An end id that the greedy reference emits at step 3 (so generation stops early)."""
+    toks, _ = _reference_greedy(model, source, end=-1, t_max=3)
+    return toks[2]
+
+
+def _check(out, refs):
+    tokens, lengths, scores = (np.asarray(a) for a in out)
+    for b, (ref_tokens, ref_score) in enumerate(refs):
+        n = len(ref_tokens)
+        assert lengths[b] == n
+        np.testing.assert_array_equal(tokens[b, :n], ref_tokens)
+        assert (tokens[b, n:] == PAD).all()
+        np.testing.assert_allclose(scores[b], ref_score, rtol=1e-4, atol=1e-4)
+
+
+def test_encode_source_matches_full_forward(model):
+    """The first-target-token logits equal those of the UniLM forward of the source."""
+    encode = nnx.jit(unilm_encode_source, static_argnames="max_new_tokens")
+    logits, cache = encode(model, _padded(SOURCES), max_new_tokens=T_MAX)
+    for b, src in enumerate(SOURCES):
+        ref = _full_logprobs(model, src, [])
+        got = np.asarray(jax.nn.log_softmax(logits[b]))
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert cache.source_length.tolist() == [len(s) for s in SOURCES]
+    # one decode step == recomputing the sequence with one target token
+    tok = jnp.argmax(logits, -1).astype(jnp.int32)
+    logits2, _ = nnx.jit(unilm_decode_step)(model, tok, 0, cache)
+    for b, src in enumerate(SOURCES):
+        ref = _full_logprobs(model, src, [int(tok[b])])
+        np.testing.assert_allclose(np.asarray(jax.nn.log_softmax(logits2[b])), ref, atol=1e-5)
+
+
+def test_greedy_cached_equals_full_recompute(model):
+    end = _pick_end(model, SOURCES[1])
+    refs = [_reference_greedy(model, s, end, T_MAX) for s in SOURCES]
+    assert any(len(r[0]) < T_MAX for r in refs)  # the end token is exercised
+    out = unilm_greedy_generate(model, _padded(SOURCES), max_new_tokens=T_MAX, end_token_id=end)
+    _check(out, refs)
+
+
+def test_beam_search_equals_uncached_bert4keras_reference(model):
+    # an end id for which some non-best beam ends (the beam shrinks) and some
+    # sequence stops early, so every branch of the algorithm is exercised
+    candidates = [t for s in SOURCES for t in _reference_greedy(model, s, -1, 3)[0]]
+    for end in dict.fromkeys(candidates):
+        events = []
+        refs = [_reference_beam(model, s, 3, end, T_MAX, events) for s in SOURCES]
+        if events and any(len(r[0]) < T_MAX for r in refs):
+            break
+    else:
+        pytest.fail("no end id exercises the shrinking beam; change the model seed")
+    out = unilm_beam_search(
+        model, _padded(SOURCES), beam_size=3, max_new_tokens=T_MAX, end_token_id=end
+    )
+    _check(out, refs)
+    # beam search never scores below greedy (it explores a superset)
+    greedy = unilm_greedy_generate(model, _padded(SOURCES), max_new_tokens=T_MAX, end_token_id=end)
+    finished = np.asarray(out.tokens)[np.arange(len(SOURCES)), np.asarray(out.lengths) - 1] == end
+    greedy_finished = (
+        np.asarray(greedy.tokens)[np.arange(len(SOURCES)), np.asarray(greedy.lengths) - 1] == end
+    )
+    both = finished & greedy_finished
+    assert (np.asarray(out.scores)[both] >= np.asarray(greedy.scores)[both] - 1e-5).all()
+
+
+def test_beam_size_one_is_greedy(model):
+    end = _pick_end(model, SOURCES[2])
+    g = unilm_greedy_generate(model, _padded(SOURCES), max_new_tokens=T_MAX, end_token_id=end)
+    b = unilm_beam_search(
+        model, _padded(SOURCES), beam_size=1, max_new_tokens=T_MAX, end_token_id=end
+    )
+    np.testing.assert_array_equal(b.tokens, g.tokens)
+    np.testing.assert_array_equal(b.lengths, g.lengths)
+    np.testing.assert_allclose(b.scores, g.scores, atol=1e-5)
+
+
+def test_generation_ignores_train_mode_dropout(model):
+    ref = unilm_greedy_generate(model, _padded(SOURCES), max_new_tokens=T_MAX, end_token_id=END)
+    model.train()
+    try:
+        got = unilm_greedy_generate(model, _padded(SOURCES), max_new_tokens=T_MAX, end_token_id=END)
+        assert model.embeddings.dropout.deterministic is False  # caller's model untouched
+    finally:
+        model.eval()
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_allclose(got.scores, ref.scores, atol=1e-6)
+
+
+def test_bf16_generation_is_finite():
+    m = BertModel(_config(dtype=jnp.bfloat16), rngs=nnx.Rngs(3))
+    out = unilm_beam_search(
+        m, _padded(SOURCES), beam_size=2, max_new_tokens=T_MAX, end_token_id=END
+    )
+    assert np.isfinite(np.asarray(out.scores)).all()
+    assert ((np.asarray(out.tokens) >= 0) & (np.asarray(out.tokens) < VOCAB)).all()
+
+
+def test_bad_arguments(model):
+    src = _padded(SOURCES)
+    with pytest.raises(ValueError, match="beam_size"):
+        unilm_beam_search(model, src, beam_size=VOCAB + 1, max_new_tokens=2, end_token_id=END)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        unilm_greedy_generate(model, src, max_new_tokens=100, end_token_id=END)
+    with pytest.raises(ValueError, match="end_token_id"):
+        unilm_greedy_generate(model, src, max_new_tokens=2, end_token_id=VOCAB)
+    with pytest.raises(ValueError, match="source_ids"):
+        unilm_greedy_generate(model, src[0], max_new_tokens=2, end_token_id=END)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        unilm_greedy_generate(model, src, max_new_tokens=0, end_token_id=END)
+    headless = BertModel(_config(with_mlm_head=False), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="MLM head"):
+        unilm_greedy_generate(headless, src, max_new_tokens=2, end_token_id=END)
