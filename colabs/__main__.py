@@ -1,0 +1,178 @@
+"""Run the notebooks headless: ``python -m colabs [NAME ...] [--full] [--list] [--verbose]``.
+
+Each notebook ``colabs/NAME.ipynb`` is paired with ``colabs/NAME.py`` (jupytext percent
+format, the source of truth). The runner executes the plain-script twin in a subprocess
+(``python colabs/NAME.py`` from the repository root, ``MPLBACKEND=Agg``), which needs no
+Jupyter kernel; the test suite executes the ``.ipynb`` itself with nbclient. Every notebook
+writes ``colabs/outputs/NAME/summary.json`` and then asserts on it, so the runner reports
+the headline figures even when an assertion fails. The full output of each run goes to
+``colabs/outputs/NAME/run.log``.
+
+Prints one line per notebook (status, wall time, headline figures) and exits with status 1
+if any notebook failed (2 for an unknown name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COLABS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class Result:
+    """Outcome of one notebook run."""
+
+    name: str
+    ok: bool
+    seconds: float
+    summary: dict = field(default_factory=dict)
+    returncode: int | None = None
+    log: Path | None = None
+
+
+def discover(colabs_dir: Path = COLABS_DIR) -> list[str]:
+    """Names of the notebooks: every ``NAME.ipynb`` that has its ``NAME.py`` twin, sorted."""
+    return sorted(p.stem for p in colabs_dir.glob("*.ipynb") if p.with_suffix(".py").is_file())
+
+
+def run_notebook(
+    name: str,
+    colabs_dir: Path = COLABS_DIR,
+    *,
+    full: bool = False,
+    timeout: float = 1800.0,
+    stream: bool = False,
+) -> Result:
+    """Execute ``colabs_dir/NAME.py`` from ``colabs_dir.parent`` and read its summary.
+
+    Args:
+      name: notebook name (file stem).
+      colabs_dir: the folder holding the notebooks.
+      full: set ``COLABS_FULL=1`` (full-size run) instead of quick mode.
+      timeout: seconds before the run is killed and reported as failed.
+      stream: also echo the notebook's output to this terminal.
+
+    Returns:
+      A :class:`Result`; ``ok`` requires exit status 0 and a fresh ``summary.json``.
+    """
+    out_dir = colabs_dir / "outputs" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path, log_path = out_dir / "summary.json", out_dir / "run.log"
+    summary_path.unlink(missing_ok=True)  # never report a stale summary
+    root = colabs_dir.parent
+    env = dict(os.environ, MPLBACKEND="Agg", COLABS_FULL="1" if full else "0", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(colabs_dir / f"{name}.py")],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        watchdog = threading.Timer(timeout, proc.kill)  # also ends a run that prints nothing
+        watchdog.start()
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                if stream:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            returncode = proc.wait()
+        finally:
+            watchdog.cancel()
+        if time.perf_counter() - start >= timeout:
+            returncode = None
+            log.write(f"\n[colabs] killed after {timeout:.0f}s\n")
+    seconds = time.perf_counter() - start
+    summary = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            summary = {}
+    ok = returncode == 0 and bool(summary)
+    return Result(name, ok, seconds, summary, returncode, log_path)
+
+
+def format_value(value: object) -> str:
+    """Compact rendering of one headline figure."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def format_line(result: Result, width: int = 20) -> str:
+    """One summary line: name, OK/FAILED, wall time, headline figures."""
+    status = "OK" if result.ok else "FAILED"
+    figures = " ".join(
+        f"{k}={format_value(v)}" for k, v in result.summary.items() if k not in ("quick",)
+    )
+    if not result.summary:
+        figures = "(no summary.json)"
+    return f"{result.name:<{width}} {status:<6} {result.seconds:7.1f}s  {figures}"
+
+
+def _tail(path: Path | None, lines: int = 25) -> str:
+    if path is None or not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join("    " + line for line in kept[-lines:])
+
+
+def main(argv: list[str] | None = None, colabs_dir: Path = COLABS_DIR) -> int:
+    """Command-line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m colabs",
+        description="Run the notebooks headless and print one summary line per notebook.",
+    )
+    parser.add_argument("names", nargs="*", help="notebooks to run (default: all)")
+    parser.add_argument("--full", action="store_true", help="full-size run (COLABS_FULL=1)")
+    parser.add_argument("--list", action="store_true", help="list the notebooks and exit")
+    parser.add_argument("--verbose", "-v", action="store_true", help="echo notebook output")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per notebook")
+    args = parser.parse_args(argv)
+
+    available = discover(colabs_dir)
+    if args.list:
+        print("\n".join(available))
+        return 0
+    unknown = [n for n in args.names if n not in available]
+    if unknown:
+        print(f"unknown notebook(s): {', '.join(unknown)}; available: {', '.join(available)}")
+        return 2
+    names = args.names or available
+    width = max((len(n) for n in names), default=10)
+    print(f"running {len(names)} notebook(s) in {'full' if args.full else 'quick'} mode")
+    results = []
+    for name in names:
+        result = run_notebook(
+            name, colabs_dir, full=args.full, timeout=args.timeout, stream=args.verbose
+        )
+        results.append(result)
+        print(format_line(result, width), flush=True)
+        if not result.ok and not args.verbose:
+            print(f"  --- last lines of {result.log} ---\n{_tail(result.log)}", flush=True)
+    failed = [r.name for r in results if not r.ok]
+    total = sum(r.seconds for r in results)
+    print(f"{len(results) - len(failed)}/{len(results)} OK in {total:.1f}s", end="")
+    print(f"; FAILED: {', '.join(failed)}" if failed else "")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
