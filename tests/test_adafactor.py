@@ -25,6 +25,7 @@ from optax_contrib.adafactor import (
     scale_by_factored_rms,
     scale_by_param_rms,
 )
+from tests.checkpoint_roundtrip import checkpoint_roundtrip
 
 # Factored matrix (second largest dim >= 128), rank-3 tensor, non-factored matrix/vector.
 SHAPES = {"w": (256, 128), "t": (3, 160, 130), "small": (64, 32), "b": (48,)}
@@ -445,22 +446,6 @@ def test_sharded_state_follows_params():
     _assert_trees_close(jax.device_get(traj[-1]), unsharded[-1])
 
 
-def _checkpoint_roundtrip(state, directory):
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        leaves, treedef = jax.tree.flatten(state)
-        np.savez(directory / "state.npz", *[np.asarray(x) for x in leaves])
-        with np.load(directory / "state.npz") as data:
-            restored = [jnp.asarray(data[f"arr_{i}"]) for i in range(len(leaves))]
-        return jax.tree.unflatten(treedef, restored)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "ckpt", state)
-    checkpointer.wait_until_finished()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return checkpointer.restore(directory / "ckpt", abstract)
-
-
 def test_checkpoint_roundtrip_continues_identically(tmp_path):
     tx = adafactor(momentum=0.9)
     params = _tree(jax.random.key(9))
@@ -471,7 +456,7 @@ def test_checkpoint_roundtrip_continues_identically(tmp_path):
     for g in grads[:2]:
         u, state = update(g, state, p)
         p = optax.apply_updates(p, u)
-    restored = _checkpoint_roundtrip(state, tmp_path)
+    restored = checkpoint_roundtrip(state, tmp_path)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     a, b = p, p
     for g in grads[2:]:

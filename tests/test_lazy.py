@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optax_contrib import LazyState, lazy
+from tests.checkpoint_roundtrip import checkpoint_roundtrip
 
 N, D = 12, 3  # table rows, embedding width
 LR, B1, B2, EPS = 0.1, 0.9, 0.999, 1e-8
@@ -450,24 +451,6 @@ def test_sharded_params_and_state(axis_type):
     np.testing.assert_array_equal(np.asarray(new_p["table"])[15], params["table"][15])  # unlisted
 
 
-def _save_restore(state, directory):
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        leaves, treedef = jax.tree.flatten(state)
-        path = directory / "state.npz"
-        np.savez(path, *[np.asarray(x) for x in leaves])
-        with np.load(path) as data:
-            return jax.tree.unflatten(
-                treedef, [jnp.asarray(data[f"arr_{i}"]) for i in range(len(leaves))]
-            )
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "ckpt", state)
-    checkpointer.wait_until_finished()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return checkpointer.restore(directory / "ckpt", abstract)
-
-
 def test_checkpoint_round_trip(tmp_path):
     rng = np.random.default_rng(12)
     p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
@@ -476,7 +459,7 @@ def test_checkpoint_round_trip(tmp_path):
     g1, g2 = _sparse_grads(rng, [1, 2]), _sparse_grads(rng, [2, 5])
     u, state = step(g1, tx.init(p0), p0, row_ids=jnp.array([1, 2]))
     p1 = p0 + u
-    restored = _save_restore(state, tmp_path)
+    restored = checkpoint_roundtrip(state, tmp_path)
     assert isinstance(restored, LazyState)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         np.testing.assert_array_equal(a, b)

@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from optax_contrib.lookahead import LookaheadState, lookahead, lookahead_slow_params
+from tests.checkpoint_roundtrip import checkpoint_roundtrip
 
 TARGET = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.array([0.5, -0.25])}
 
@@ -308,26 +309,10 @@ def test_donated_params_and_state():
     _close(params, peer_fast[-1])
 
 
-def _checkpoint_roundtrip(state, directory):
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        leaves, treedef = jax.tree.flatten(state)
-        np.savez(directory / "state.npz", *[np.asarray(x) for x in leaves])
-        with np.load(directory / "state.npz") as data:
-            restored = [jnp.asarray(data[f"arr_{i}"]) for i in range(len(leaves))]
-        return jax.tree.unflatten(treedef, restored)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "ckpt", state)
-    checkpointer.wait_until_finished()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    return checkpointer.restore(directory / "ckpt", abstract)
-
-
 def test_checkpoint_roundtrip(tmp_path):
     tx = lookahead(optax.adam(0.05), 3, 0.5)
     fast, _, state = _ours(tx, 4)
-    restored = _checkpoint_roundtrip(state, tmp_path)
+    restored = checkpoint_roundtrip(state, tmp_path)
     assert isinstance(restored, LookaheadState)
     _close(
         lookahead_slow_params(restored, fast[-1]),
