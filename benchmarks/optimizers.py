@@ -9,9 +9,13 @@ compile) is reported separately, as are the bytes of optimizer state. For
 transforms whose cost varies from step to step (Lookahead synchronises every ``k``
 steps) one sample is ``k`` consecutive steps and the time is per step.
 
+The cases compared in one row are compiled and warmed up first and then sampled
+round-robin (ours, peer, ours, peer, ...), so that a slow phase of a shared machine
+hits both sides alike instead of whichever ran during it.
+
 Sections are plain functions ``section(quick: bool) -> list[Row]`` listed in
-``SECTIONS``; other sections (e.g. the lazy-embedding benchmark) append themselves
-to that list and may reuse :func:`time_update` / :func:`time_step`.
+``SECTIONS``; they build :class:`Runner`s (:func:`prepare_step`,
+:func:`prepare_update`) and time them together with :func:`time_interleaved`.
 """
 
 from __future__ import annotations
@@ -49,11 +53,33 @@ class Row:
 
 @dataclass
 class Timing:
-    """Result of :func:`time_step`: median ms per step, compile s, state bytes."""
+    """Result of :func:`time_interleaved`: median ms per step, compile s, state bytes."""
 
     ms: float
     compile_s: float
     state_bytes: int
+
+
+@dataclass
+class Runner:
+    """A compiled step ``(a, b) = compiled(a, b, *other_args)`` and its live buffers."""
+
+    compiled: Any
+    buffers: tuple[Any, Any]
+    other_args: tuple[Any, ...]
+    steps_per_sample: int
+    compile_s: float
+    state_bytes: int
+
+    def sample(self) -> float:
+        """Runs ``steps_per_sample`` steps; returns seconds per step."""
+        a, b = self.buffers
+        t0 = time.perf_counter()
+        for _ in range(self.steps_per_sample):
+            a, b = self.compiled(a, b, *self.other_args)
+        jax.block_until_ready((a, b))
+        self.buffers = (a, b)
+        return (time.perf_counter() - t0) / self.steps_per_sample
 
 
 def tree_bytes(tree: Any) -> int:
@@ -65,45 +91,38 @@ def num_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-def time_step(
+def prepare_step(
     step: Callable[..., tuple[Any, Any]],
     donated: tuple[Any, Any],
     other_args: Sequence[Any] = (),
     *,
-    repeats: int,
-    warmup: int = 2,
     steps_per_sample: int = 1,
-) -> tuple[float, float]:
-    """Times ``(a, b) = step(a, b, *other_args)`` jitted with ``a`` and ``b`` donated.
+    warmup: int = 2,
+    state_bytes: int = 0,
+) -> Runner:
+    """Compiles ``step`` with its first two arguments donated and warms it up.
 
-    Returns ``(median ms per step, compile seconds)``. ``donated`` is consumed.
+    ``donated`` is consumed. Compile time is lower + compile.
     """
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*donated, *other_args).compile()
-    compile_s = time.perf_counter() - t0
-    a, b = donated
-    for _ in range(warmup * steps_per_sample):
-        a, b = compiled(a, b, *other_args)
-    jax.block_until_ready((a, b))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps_per_sample):
-            a, b = compiled(a, b, *other_args)
-        jax.block_until_ready((a, b))
-        samples.append((time.perf_counter() - t0) / steps_per_sample)
-    return 1e3 * statistics.median(samples), compile_s
+    runner = Runner(
+        compiled,
+        donated,
+        tuple(other_args),
+        steps_per_sample,
+        time.perf_counter() - t0,
+        state_bytes,
+    )
+    for _ in range(warmup):
+        runner.sample()
+    return runner
 
 
-def time_update(
-    tx: optax.GradientTransformation,
-    params: Any,
-    grads: Any,
-    *,
-    repeats: int,
-    steps_per_sample: int = 1,
-) -> Timing:
-    """Times the jitted ``tx.update`` + ``optax.apply_updates`` (params, state donated)."""
+def prepare_update(
+    tx: optax.GradientTransformation, params: Any, grads: Any, *, steps_per_sample: int = 1
+) -> Runner:
+    """A :class:`Runner` for the jitted ``tx.update`` + ``optax.apply_updates``."""
     params = jax.tree.map(jnp.copy, params)  # the copies are donated, not the caller's
     state = tx.init(params)
     nbytes = tree_bytes(state)
@@ -112,10 +131,27 @@ def time_update(
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    ms, compile_s = time_step(
-        step, (params, state), (grads,), repeats=repeats, steps_per_sample=steps_per_sample
+    return prepare_step(
+        step, (params, state), (grads,), steps_per_sample=steps_per_sample, state_bytes=nbytes
     )
-    return Timing(ms, compile_s, nbytes)
+
+
+def time_interleaved(runners: Sequence[Runner], *, repeats: int) -> list[Timing]:
+    """Samples the runners round-robin ``repeats`` times; median ms per step of each.
+
+    The runners' buffers are released afterwards.
+    """
+    samples: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for runner, out in zip(runners, samples):
+            out.append(runner.sample())
+    timings = [
+        Timing(1e3 * statistics.median(out), r.compile_s, r.state_bytes)
+        for r, out in zip(runners, samples)
+    ]
+    for r in runners:
+        r.buffers = (None, None)
+    return timings
 
 
 def transformer_params(quick: bool, seed: int = 0) -> dict[str, jax.Array]:
@@ -155,9 +191,14 @@ def bench_adafactor(quick: bool) -> list[Row]:
     grads = jax.tree.map(lambda p: jnp.sin(1e3 * p), params)
     n = num_params(params)
     repeats = 3 if quick else 10
-    ours = time_update(adafactor(1e-3), params, grads, repeats=repeats)
-    peer = time_update(optax.adafactor(1e-3), params, grads, repeats=repeats)
-    adam = time_update(optax.adam(1e-3), params, grads, repeats=repeats)
+    ours, peer, adam = time_interleaved(
+        [
+            prepare_update(adafactor(1e-3), params, grads),
+            prepare_update(optax.adafactor(1e-3), params, grads),
+            prepare_update(optax.adam(1e-3), params, grads),
+        ],
+        repeats=repeats,
+    )
     size = f"{n / 1e6:.1f}M params"
     return [
         _row(f"AdaFactor vs optax.adafactor, {size} (goal ≤ 1.0×)", ours, peer, n),
@@ -166,22 +207,48 @@ def bench_adafactor(quick: bool) -> list[Row]:
 
 
 def bench_lookahead(quick: bool) -> list[Row]:
-    """Lookahead(inner) vs inner alone (goal ≤ 1.1×), per step averaged over k steps."""
+    """Lookahead(inner) vs inner alone (goal ≤ 1.1×), per step averaged over k steps.
+
+    Also ours vs ``optax.lookahead`` around the same Adam (its parameters are
+    ``LookaheadParams``, fast and slow, both updated every step).
+    """
     params = transformer_params(quick)
     grads = jax.tree.map(lambda p: jnp.sin(1e3 * p), params)
     n = num_params(params)
-    repeats = 3 if quick else 10
+    repeats = 3 if quick else 30
     k = 5
+    size = f"k={k}, {n / 1e6:.1f}M"
     rows = []
     for name, inner in [("adam", optax.adam(1e-3)), ("adafactor", adafactor(1e-3))]:
-        ours = time_update(
-            lookahead(inner, sync_period=k), params, grads, repeats=repeats, steps_per_sample=k
-        )
-        peer = time_update(inner, params, grads, repeats=repeats, steps_per_sample=k)
-        rows.append(
-            _row(f"Lookahead({name}) vs {name}, k={k}, {n / 1e6:.1f}M (goal ≤ 1.1×)", ours, peer, n)
-        )
+        runners = [
+            prepare_update(lookahead(inner, sync_period=k), params, grads, steps_per_sample=k),
+            prepare_update(inner, params, grads, steps_per_sample=k),
+        ]
+        if name == "adam":
+            runners.append(_optax_lookahead_runner(inner, params, grads, k))
+        ours, peer, *reference = time_interleaved(runners, repeats=repeats)
+        rows.append(_row(f"Lookahead({name}) vs {name}, {size} (goal ≤ 1.1×)", ours, peer, n))
+        if reference:
+            rows.append(
+                _row(f"Lookahead({name}) vs optax.lookahead({name}), {size}", ours, reference[0], n)
+            )
     return rows
+
+
+def _optax_lookahead_runner(
+    inner: optax.GradientTransformation, params: Any, grads: Any, k: int
+) -> Runner:
+    tx = optax.lookahead(inner, sync_period=k, slow_step_size=0.5)
+    both = optax.LookaheadParams(*(jax.tree.map(jnp.copy, params) for _ in range(2)))
+    state = tx.init(both)
+
+    def step(both, state, grads):
+        updates, state = tx.update(grads, state, both)
+        return optax.apply_updates(both, updates), state
+
+    # Its slow copy lives in the parameters; count it with the state, as ours is.
+    nbytes = tree_bytes(state) + tree_bytes(params)
+    return prepare_step(step, (both, state), (grads,), steps_per_sample=k, state_bytes=nbytes)
 
 
 def bench_lazy(quick: bool) -> list[Row]:
@@ -202,7 +269,7 @@ def bench_lazy(quick: bool) -> list[Row]:
     row_grads = jax.random.normal(k_grad, (n_ids, dim), jnp.float32)
     table_grads = jnp.zeros_like(table).at[ids].add(row_grads)
 
-    def timed(tx: optax.GradientTransformation, grads: jax.Array, with_ids: bool) -> Timing:
+    def prepared(tx: optax.GradientTransformation, grads: jax.Array, with_ids: bool) -> Runner:
         params = jnp.copy(table)
         state = tx.init(params)
         nbytes = tree_bytes(state)
@@ -212,10 +279,8 @@ def bench_lazy(quick: bool) -> list[Row]:
             updates, state = tx.update(grads, state, params, **extra)
             return optax.apply_updates(params, updates), state
 
-        ms, compile_s = time_step(step, (params, state), (grads, ids), repeats=repeats)
-        return Timing(ms, compile_s, nbytes)
+        return prepare_step(step, (params, state), (grads, ids), state_bytes=nbytes)
 
-    dense = timed(optax.adam(1e-3), table_grads, with_ids=False)
     sparse = lazy(optax.adam(1e-3), policy="frozen", elementwise=True)
     article = lazy(optax.adam(1e-3), policy="article")
     size = f"{num_rows:,} × {dim}, {n_ids} ids"
@@ -224,9 +289,17 @@ def bench_lazy(quick: bool) -> list[Row]:
         (f"Lazy(Adam) sparse path, row grads vs adam, {size} (goal ≤ 0.1×)", sparse, row_grads),
         (f"Lazy(Adam) article policy (dense masked) vs adam, {size}", article, table_grads),
     ]
-    return [
-        _row(case, timed(tx, grads, with_ids=True), dense, table.size) for case, tx, grads in cases
-    ]
+    rows = []
+    for case, tx, grads in cases:
+        ours, dense = time_interleaved(
+            [
+                prepared(tx, grads, with_ids=True),
+                prepared(optax.adam(1e-3), table_grads, with_ids=False),
+            ],
+            repeats=repeats,
+        )
+        rows.append(_row(case, ours, dense, table.size))
+    return rows
 
 
 SECTIONS: list[Callable[[bool], list[Row]]] = [bench_adafactor, bench_lookahead, bench_lazy]
