@@ -16,7 +16,9 @@ Run ``python -m benchmarks.transformer`` (or ``--quick`` for a smoke run).
    than seq2seq decoding.
 
 Compile time is reported separately; timings are medians over several runs
-after a warm-up. Prints markdown tables.
+after a warm-up. In the forward comparison the two sides are sampled round-robin
+(ours, theirs, ours, ...), so that a slow phase of a shared machine hits both alike.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -58,6 +60,22 @@ def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> flo
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _median_times_interleaved(
+    fns: list[Callable[[], object]], repeats: int, warmup: int = 2
+) -> list[float]:
+    """Median seconds of each function, sampled round-robin after a warm-up."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def _block(fn: Callable[[], object]) -> object:
@@ -110,14 +128,19 @@ def bench_forward(batch: int, length: int, repeats: int) -> list[tuple[str, floa
     t0 = time.perf_counter()
     compiled = jax.jit(forward).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    ours = _median_time(lambda: compiled(*args).block_until_ready(), repeats)
-    rows = [("ours (jax.jit, f32)", ours, compile_s, "")]
+
+    def run_ours():
+        return compiled(*args).block_until_ready()
+
     try:
         import torch
         import transformers
     except ImportError:
-        rows.append(("HF transformers (torch)", float("nan"), float("nan"), "not installed"))
-        return rows
+        ours = _median_time(run_ours, repeats)
+        return [
+            ("ours (jax.jit, f32)", ours, compile_s, ""),
+            ("HF transformers (torch)", float("nan"), float("nan"), "not installed"),
+        ]
     torch.set_num_threads(2)
     if path is not None:
         hf = transformers.BertModel.from_pretrained(path)
@@ -134,10 +157,12 @@ def bench_forward(batch: int, length: int, repeats: int) -> list[tuple[str, floa
         with torch.no_grad():
             return hf(**targs).last_hidden_state
 
-    theirs = _median_time(run_torch, repeats)
+    ours, theirs = _median_times_interleaved([run_ours, run_torch], repeats)
     err = float(np.abs(np.asarray(compiled(*args)) - run_torch().numpy())[att == 1].max())
-    rows.append(("HF transformers (torch, 2 threads)", theirs, 0.0, f"max abs diff {err:.1e}"))
-    return rows
+    return [
+        ("ours (jax.jit, f32)", ours, compile_s, ""),
+        ("HF transformers (torch, 2 threads)", theirs, 0.0, f"max abs diff {err:.1e}"),
+    ]
 
 
 def bench_decoding(
@@ -244,7 +269,7 @@ def main() -> None:
         fwd = dict(batch=8, length=64, repeats=3)
         dec = dict(passages=2, q_len=8, p_len=48, answer_len=8, repeats=3)
     else:
-        fwd = dict(batch=32, length=128, repeats=10)
+        fwd = dict(batch=32, length=128, repeats=20)
         dec = dict(passages=4, q_len=16, p_len=96, answer_len=16, repeats=10)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
     rows = bench_forward(**fwd)
