@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -27,20 +26,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.timing import round_robin_medians, timed  # noqa: E402
 from flax_layers import crf_log_likelihood, memm_log_likelihood, viterbi_decode  # noqa: E402
 
 BATCH, TAGS = 32, 20
 
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * round_robin_medians([timed(fn)], repeats, warmup)[0]
 
 
 def _compile(fn, *args):

@@ -21,7 +21,6 @@ Sections are plain functions ``section(quick: bool) -> list[Row]`` listed in
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks.timing import round_robin_medians
 from optax_contrib.adafactor import adafactor
 from optax_contrib.lookahead import lookahead
 
@@ -141,14 +141,8 @@ def time_interleaved(runners: Sequence[Runner], *, repeats: int) -> list[Timing]
 
     The runners' buffers are released afterwards.
     """
-    samples: list[list[float]] = [[] for _ in runners]
-    for _ in range(repeats):
-        for runner, out in zip(runners, samples):
-            out.append(runner.sample())
-    timings = [
-        Timing(1e3 * statistics.median(out), r.compile_s, r.state_bytes)
-        for r, out in zip(runners, samples)
-    ]
+    medians = round_robin_medians([r.sample for r in runners], repeats)
+    timings = [Timing(1e3 * s, r.compile_s, r.state_bytes) for r, s in zip(runners, medians)]
     for r in runners:
         r.buffers = (None, None)
     return timings
@@ -289,17 +283,12 @@ def bench_lazy(quick: bool) -> list[Row]:
         (f"Lazy(Adam) sparse path, row grads vs adam, {size} (goal ≤ 0.1×)", sparse, row_grads),
         (f"Lazy(Adam) article policy (dense masked) vs adam, {size}", article, table_grads),
     ]
-    rows = []
-    for case, tx, grads in cases:
-        ours, dense = time_interleaved(
-            [
-                prepared(tx, grads, with_ids=True),
-                prepared(optax.adam(1e-3), table_grads, with_ids=False),
-            ],
-            repeats=repeats,
-        )
-        rows.append(_row(case, ours, dense, table.size))
-    return rows
+    *ours, dense = time_interleaved(
+        [prepared(tx, grads, with_ids=True) for _, tx, grads in cases]
+        + [prepared(optax.adam(1e-3), table_grads, with_ids=False)],
+        repeats=repeats,
+    )
+    return [_row(case, t, dense, table.size) for (case, _, _), t in zip(cases, ours)]
 
 
 SECTIONS: list[Callable[[bool], list[Row]]] = [bench_adafactor, bench_lookahead, bench_lazy]

@@ -27,7 +27,6 @@ import argparse
 import functools
 import importlib.util
 import os
-import statistics
 import time
 from collections.abc import Callable
 
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.timing import round_robin_medians, timed
 from flax_layers.bert import BertConfig, BertModel
 from flax_layers.generation import unilm_beam_search, unilm_greedy_generate
 
@@ -52,30 +52,7 @@ MINILM = dict(
 
 
 def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _median_times_interleaved(
-    fns: list[Callable[[], object]], repeats: int, warmup: int = 2
-) -> list[float]:
-    """Median seconds of each function, sampled round-robin after a warm-up."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return round_robin_medians([timed(fn)], repeats, warmup)[0]
 
 
 def _block(fn: Callable[[], object]) -> object:
@@ -157,7 +134,7 @@ def bench_forward(batch: int, length: int, repeats: int) -> list[tuple[str, floa
         with torch.no_grad():
             return hf(**targs).last_hidden_state
 
-    ours, theirs = _median_times_interleaved([run_ours, run_torch], repeats)
+    ours, theirs = round_robin_medians([timed(run_ours), timed(run_torch)], repeats, warmup=2)
     err = float(np.abs(np.asarray(compiled(*args)) - run_torch().numpy())[att == 1].max())
     return [
         ("ours (jax.jit, f32)", ours, compile_s, ""),
