@@ -317,7 +317,7 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
                 f"[batch, heads, q_len, k_len] = {(b, h, q_len, k_len)}."
             ) from None
     # Heads first explicitly: XLA:CPU then runs both attention matmuls on contiguous
-    # [length, head_dim] blocks (a few % faster than letting the einsum pick layouts).
+    # [length, head_dim] blocks (about 2% of a MiniLM forward over letting einsum choose).
     logits = jnp.einsum(
         "bhqd,bhkd->bhqk",
         query.transpose(0, 2, 1, 3),

@@ -13,7 +13,13 @@ from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flax_layers.bert import BertConfig, BertModel, attention_weights, masked_softmax
+from flax_layers.bert import (
+    _ACTIVATIONS,
+    BertConfig,
+    BertModel,
+    attention_weights,
+    masked_softmax,
+)
 
 CFG = BertConfig(
     vocab_size=31,
@@ -46,14 +52,12 @@ _jit_masked_softmax = jax.jit(masked_softmax)
 
 def test_gelu_is_the_exact_erf_gelu():
     """``hidden_act="gelu"`` is x Φ(x) (closed form in float64), with finite gradients."""
-    from flax_layers.bert import _ACTIVATIONS
-
     gelu = jax.jit(_ACTIVATIONS["gelu"])
-    x = np.linspace(-40.0, 40.0, 80_001)
-    exact = np.array([v * 0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x])
-    got = np.asarray(gelu(jnp.asarray(x, jnp.float32)), np.float64)
+    x = np.linspace(-40.0, 40.0, 80_001).astype(np.float32)  # exact at the same inputs
+    exact = np.array([v * 0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    got = np.asarray(gelu(jnp.asarray(x)), np.float64)
     np.testing.assert_allclose(got, exact, rtol=1e-6, atol=2e-6)
-    grads = jax.grad(lambda v: jnp.sum(gelu(v)))(jnp.asarray(x, jnp.float32))
+    grads = jax.grad(lambda v: jnp.sum(gelu(v)))(jnp.asarray(x))
     assert np.isfinite(np.asarray(grads)).all()
     for dtype in (jnp.bfloat16, jnp.float16):
         assert gelu(jnp.ones(3, dtype)).dtype == dtype
