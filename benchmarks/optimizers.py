@@ -21,6 +21,7 @@ Sections are plain functions ``section(quick: bool) -> list[Row]`` listed in
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -245,6 +246,85 @@ def _optax_lookahead_runner(
     return prepare_step(step, (both, state), (grads,), steps_per_sample=k, state_bytes=nbytes)
 
 
+def bench_lookahead_steps(quick: bool) -> list[Row]:
+    """Where Lookahead(adam)'s cost lies in a period, step by step, vs an Adam step.
+
+    Ours and Adam are stepped one at a time (blocking after each), round-robin, with
+    ours' position in the ``k``-step period tracked from its state: the ordinary
+    steps, the synchronisation step (one extra read of the slow weights) and the step
+    after it (the copy of the parameters into the state). The last row times that
+    copy alone, a jitted copy of the parameter tree into a donated buffer, the write
+    any state-held Lookahead has to make once per period.
+    """
+    params = transformer_params(quick)
+    grads = jax.tree.map(lambda p: jnp.sin(1e3 * p), params)
+    n = num_params(params)
+    repeats = 3 if quick else 20
+    k = 5
+    inner = optax.adam(1e-3)
+    ours = prepare_update(lookahead(inner, sync_period=k), params, grads)
+    adam = prepare_update(inner, params, grads)
+    copy = prepare_step(
+        lambda src, dst, flag: (src, jax.tree.map(lambda s, d: jnp.where(flag, s, d), src, dst)),
+        tuple(jax.tree.map(jnp.copy, params) for _ in range(2)),
+        (jnp.bool_(True),),
+        state_bytes=tree_bytes(params),
+    )
+
+    def position() -> int:  # steps since the last synchronisation, 0 right after one
+        return int(ours.buffers[1].steps_since_sync)
+
+    while position() != 0:
+        ours.sample()
+    samples: dict[str, list[float]] = {"ordinary": [], "sync": [], "after": []}
+    adam_samples: list[float] = []
+    copy_samples: list[float] = []
+    for _ in range(repeats):
+        for step in range(1, k + 1):
+            kind = "after" if step == 1 else "sync" if step == k else "ordinary"
+            samples[kind].append(ours.sample())
+            adam_samples.append(adam.sample())
+        copy_samples.append(copy.sample())
+    med = {key: 1e3 * statistics.median(v) for key, v in samples.items()}
+    adam_ms = 1e3 * statistics.median(adam_samples)
+    copy_ms = 1e3 * statistics.median(copy_samples)
+    for r in (ours, adam, copy):
+        r.buffers = (None, None)
+    size = f"k={k}, {n / 1e6:.1f}M"
+    nbytes = f"{tree_bytes(params) / 2**20:.1f} MiB copied"
+    return [
+        Row(
+            f"Lookahead(adam) ordinary step vs adam step, {size}",
+            med["ordinary"],
+            adam_ms,
+            ours.compile_s,
+            adam.compile_s,
+        ),
+        Row(
+            f"Lookahead(adam) sync step vs adam step, {size}",
+            med["sync"],
+            adam_ms,
+            ours.compile_s,
+            adam.compile_s,
+        ),
+        Row(
+            f"Lookahead(adam) step after sync vs adam step, {size}",
+            med["after"],
+            adam_ms,
+            ours.compile_s,
+            adam.compile_s,
+        ),
+        Row(
+            f"copy of the parameters alone vs adam step, {size}",
+            copy_ms,
+            adam_ms,
+            copy.compile_s,
+            adam.compile_s,
+            nbytes,
+        ),
+    ]
+
+
 def bench_lazy(quick: bool) -> list[Row]:
     """Lazy(Adam) with row ids on an embedding table vs dense optax.adam (goal ≤ 0.1×).
 
@@ -291,7 +371,12 @@ def bench_lazy(quick: bool) -> list[Row]:
     return [_row(case, t, dense, table.size) for (case, _, _), t in zip(cases, ours)]
 
 
-SECTIONS: list[Callable[[bool], list[Row]]] = [bench_adafactor, bench_lookahead, bench_lazy]
+SECTIONS: list[Callable[[bool], list[Row]]] = [
+    bench_adafactor,
+    bench_lookahead,
+    bench_lookahead_steps,
+    bench_lazy,
+]
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -17,6 +17,14 @@ copies them into the state (a ``lax.cond``, so only then). Until that next updat
 the slow weights *are* the parameters -- :func:`lookahead_slow_params` takes the
 parameters for that reason.
 
+Alternatives measured on XLA:CPU (29M parameters, Adam, ``k = 5``) and dropped:
+writing the new slow weights at the synchronisation step itself, in a pass of their
+own, makes the inner update a temporary buffer every step (2.4× Adam); a select
+instead of the ``lax.cond`` for the copy costs the same as the cond; copying with
+``dynamic_update_slice`` or ``+ 0`` costs the same as a plain copy. The copy plus the
+one extra read of the slow weights at the synchronisation step is what keeping the
+slow weights costs (about 1.09× Adam's step time on a memory-bound CPU).
+
 Reference: Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step
 back", NeurIPS 2019, https://arxiv.org/abs/1907.08610.
 """
