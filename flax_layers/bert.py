@@ -309,13 +309,7 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
     k_len = key.shape[1]
     if mask is not None:
         mask = jnp.asarray(mask)
-        try:
-            jnp.broadcast_shapes(mask.shape, (b, h, q_len, k_len))
-        except ValueError:
-            raise ValueError(
-                f"attention_weights: mask of shape {mask.shape} does not broadcast to "
-                f"[batch, heads, q_len, k_len] = {(b, h, q_len, k_len)}."
-            ) from None
+        _check_mask_broadcasts("attention_weights: mask", mask.shape, (b, h, q_len, k_len))
     # Heads first explicitly: XLA:CPU then runs both attention matmuls on contiguous
     # [length, head_dim] blocks (about 2% of a MiniLM forward over letting einsum choose).
     logits = jnp.einsum(
@@ -357,14 +351,19 @@ def _normalise_mask(mask: jax.Array, batch: int, length: int, heads: int) -> jax
         raise TypeError(
             f"BertModel: a 4-D attention_mask must be boolean (True = attend), got {mask.dtype}."
         )
+    _check_mask_broadcasts("BertModel: attention_mask", mask.shape, (batch, heads, length, length))
+    return mask
+
+
+def _check_mask_broadcasts(what: str, shape: tuple[int, ...], target: tuple[int, ...]) -> None:
+    """Raises a ValueError naming ``what`` unless ``shape`` broadcasts to ``target``."""
     try:
-        jnp.broadcast_shapes(mask.shape, (batch, heads, length, length))
+        jnp.broadcast_shapes(shape, target)
     except ValueError:
         raise ValueError(
-            f"BertModel: attention_mask of shape {mask.shape} does not broadcast to "
-            f"[batch, heads, q_len, k_len] = {(batch, heads, length, length)}."
+            f"{what} of shape {shape} does not broadcast to "
+            f"[batch, heads, q_len, k_len] = {target}."
         ) from None
-    return mask
 
 
 def _dense(

@@ -231,6 +231,9 @@ def test_bad_inputs_raise(model):
         model(ids, None, jnp.ones((2, 1, 10, 9), bool))
     with pytest.raises(TypeError, match="boolean"):
         model(ids, None, jnp.ones((2, 1, 10, 10), jnp.float32))
+    q = jnp.ones((2, 3, 4, 8))
+    with pytest.raises(ValueError, match="attention_weights: mask of shape .* does not broadcast"):
+        attention_weights(q, q, jnp.ones((2, 5, 3, 3), bool))
     with pytest.raises(ValueError, match="segment_ids"):
         model(ids, jnp.zeros((2, 9), jnp.int32))
     with pytest.raises(ValueError, match="divisible"):
