@@ -33,7 +33,6 @@ Memory Cost", ICML 2018, https://arxiv.org/abs/1804.04235.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+
+from optax_contrib._hyperparams import check_range
 
 __all__ = [
     "FactoredAxes",
@@ -64,45 +65,6 @@ _F32 = jnp.float32
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _as_float(value: Any) -> float | None:
-    """Returns ``float(value)`` for concrete scalars, ``None`` for tracers/schedules."""
-    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
-        return None
-    try:
-        return float(value)
-    except TypeError:  # includes jax.errors.ConcretizationTypeError
-        return None
-
-
-def _check_range(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """Raises ``ValueError`` if a concrete scalar ``value`` is outside the interval.
-
-    Traced values (e.g. hyperparameters injected by ``optax.inject_hyperparams``
-    inside ``jit``) and schedules cannot be checked and are let through.
-    """
-    v = _as_float(value)
-    if v is None:
-        return
-    bad = math.isnan(v)
-    if low is not None:
-        bad |= v <= low if low_open else v < low
-    if high is not None:
-        bad |= v >= high if high_open else v > high
-    if bad:
-        left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-        interval = f"{left}, {right}"
-        raise ValueError(f"`{name}` must be a number in {interval}, got {value!r}.")
 
 
 def _static_int(name: str, value: Any, *, minimum: int) -> int:
@@ -293,10 +255,10 @@ def scale_by_factored_rms(
       >>> print(updates["w"][0, 0].round(4), updates["b"][0].round(4))
       1.0 -1.0
     """
-    _check_range("decay_rate", decay_rate, low=0.0)
-    _check_range("eps", eps, low=0.0)
-    _check_range("decay_offset", decay_offset)
-    _check_range("min_dim_size_to_factor", min_dim_size_to_factor, low=1.0)
+    check_range("decay_rate", decay_rate, low=0.0)
+    check_range("eps", eps, low=0.0)
+    check_range("decay_offset", decay_offset)
+    check_range("min_dim_size_to_factor", min_dim_size_to_factor, low=1.0)
 
     def init_fn(params: optax.Params) -> ScaleByFactoredRmsState:
         min_dim = _static_int("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
@@ -409,7 +371,7 @@ def clip_by_update_rms(clipping_threshold: float = 1.0) -> optax.GradientTransfo
       >>> print(u["a"].round(3), u["b"].round(3))
       [1. 1. 1. 1.] [0.5 0.5 0.5 0.5]
     """
-    _check_range("clipping_threshold", clipping_threshold, low=1.0)
+    check_range("clipping_threshold", clipping_threshold, low=1.0)
 
     def update_fn(updates, state, params=None):
         del params
@@ -456,7 +418,7 @@ def momentum_ema(momentum: float) -> optax.GradientTransformation:
       >>> print(u.round(4))
       [0.19 0.19]
     """
-    _check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
 
     def init_fn(params):
         return MomentumEmaState(m=jax.tree.map(lambda p: _zeros_reduced(p, None), params))
@@ -496,7 +458,7 @@ def scale_by_param_rms(eps_scale: float = 1e-3) -> optax.GradientTransformation:
       >>> print(u["w"], u["z"])
       [2. 2. 2.] [0.001 0.001 0.001]
     """
-    _check_range("eps_scale", eps_scale, low=0.0)
+    check_range("eps_scale", eps_scale, low=0.0)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -629,8 +591,8 @@ def adafactor(
       >>> print(round(float(params["w"][0, 0]), 4))
       0.97
     """
-    _check_range("learning_rate", learning_rate, low=0.0)
-    _check_range("weight_decay_rate", weight_decay_rate, low=0.0)
+    check_range("learning_rate", learning_rate, low=0.0)
+    check_range("weight_decay_rate", weight_decay_rate, low=0.0)
     if not isinstance(factored, bool) or not isinstance(multiply_by_parameter_scale, bool):
         raise TypeError("`factored` and `multiply_by_parameter_scale` must be Python bools.")
     if learning_rate is None:
@@ -652,7 +614,7 @@ def adafactor(
     if multiply_by_parameter_scale:
         tx.append(scale_by_param_rms(eps_scale))
     else:
-        _check_range("eps_scale", eps_scale, low=0.0)
+        check_range("eps_scale", eps_scale, low=0.0)
     tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
     if weight_decay_rate is not None:
         tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))

@@ -346,6 +346,7 @@ def _ours_from(tx, params, state, n):
     [
         (dict(sync_period=0), ValueError, "sync_period"),
         (dict(sync_period=2.5), ValueError, "sync_period"),
+        (dict(sync_period=float("nan")), ValueError, "sync_period"),
         (dict(slow_step_size=0.0), ValueError, "slow_step_size"),
         (dict(slow_step_size=1.5), ValueError, "slow_step_size"),
         (dict(slow_step_size=float("nan")), ValueError, "slow_step_size"),
