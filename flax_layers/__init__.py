@@ -47,6 +47,7 @@ from flax_layers.initializers import (
     orthogonality_error,
     xavier,
 )
+from flax_layers.linear_chain_crf import LinearChainCRF
 from flax_layers.masks import (
     bidirectional_mask,
     combine_masks,
@@ -113,6 +114,7 @@ __all__ = [
     "he",
     "KVCache",
     "lecun",
+    "LinearChainCRF",
     "left_to_right_mask",
     "load_hf_bert",
     "load_safetensors",

@@ -13,6 +13,11 @@ inside each sequence's own length. Bi-MEMM trains on the mean of both directions
 log-likelihoods. Transitions may be low-rank, ``g = L Rᵀ`` with ``L, R ∈ R^{K×d}``,
 passed as the pair ``(L, R)``.
 
+Masks may have holes, with the CRF's rule: a masked position is skipped and the
+neighbouring valid positions are linked (the model of the compacted sequence). A row
+without a feasible path has log-likelihood ``-inf`` (with zero gradients), as in the
+CRF; a NaN in an input that enters a row makes the row NaN.
+
 Decoding uses Viterbi with ``g`` (:func:`flax_layers.crf.viterbi_decode`), as in the
 article. (The Keras reference additionally halves the logits, ``(f_t + g)/2``; the article
 and this module do not.)
@@ -30,13 +35,15 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from flax_layers.crf import (
-    _check_emissions,
-    _check_tags,
-    _compute_dtype,
-    _logsumexp,
-    _sequence_lengths,
+from flax_layers._chain import (
+    check_emissions,
+    check_mask,
+    check_tags,
+    compact_rows,
+    compute_dtype,
+    poison,
 )
+from flax_layers._semiring import logsumexp
 
 __all__ = ["memm_log_likelihood", "memm_transition_matrix"]
 
@@ -126,11 +133,25 @@ def _memm_core(x, tags, mats, lengths, direction):
         has_next = jnp.concatenate([valid[:, 1:], jnp.zeros_like(valid[:, :1])], axis=1)
         backward = jnp.where(has_next[..., None], x + jnp.concatenate([cols, pad], axis=1), x)
         logits = [backward] if direction == "backward" else [forward, backward]
-    norm = _logsumexp(jnp.stack(logits), axis=-1)  # [directions, N, T]
+    norm = logsumexp(jnp.stack(logits), axis=-1)  # [directions, N, T]
     norm = jnp.sum(jnp.where(valid, norm, 0), axis=-1)
-    feasible = norm > -jnp.inf  # else the gold path is impossible too: -inf, no NaN
+    feasible = norm != -jnp.inf  # else the gold path is impossible too: -inf, no NaN
     ll = jnp.where(feasible, gold - jnp.where(feasible, norm, 0), -jnp.inf)
     return jnp.mean(ll, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("direction", "holes"))
+def _memm(emissions, tags, mats, mask, direction, holes):
+    dtype = compute_dtype(emissions, *mats)
+    x, lengths, _, order, _ = compact_rows(emissions, mask, holes, dtype)
+    tags = tags.reshape(x.shape[:2])
+    if order is not None:
+        tags = jnp.take_along_axis(tags, order, axis=1)
+    mats = tuple(m.astype(dtype) for m in mats)
+    ll = _memm_core(x, tags, mats, lengths, direction)
+    nan_mats = jnp.any(jnp.stack([jnp.any(jnp.isnan(m)) for m in mats]))
+    nan_rows = jnp.any(jnp.isnan(x), axis=(1, 2)) | ((lengths > 1) & nan_mats)
+    return poison(ll, nan_rows)
 
 
 def memm_log_likelihood(
@@ -154,12 +175,14 @@ def memm_log_likelihood(
       tags: ``[..., T]`` gold integer tags in ``[0, K)`` (anything at padded positions).
       transitions: ``[K, K]`` scores ``g(i, j)`` of ``i -> j`` (``-inf`` disallows) or a
         low-rank pair ``(L, R)`` of ``[K, d]`` arrays with ``g = L Rᵀ``.
-      mask: optional right-padded ``[..., T]`` mask.
+      mask: optional ``[..., T]`` valid positions (holes allowed: a masked position is
+        skipped).
       lengths: optional ``[...]`` lengths (instead of ``mask``).
       direction: ``"forward"``, ``"backward"`` or ``"both"``.
 
     Returns:
-      ``[...]`` log-likelihoods (0 for fully padded rows).
+      ``[...]`` log-likelihoods (0 for rows without valid positions, ``-inf`` for rows
+      without a feasible path).
 
     Reference: McCallum et al. (2000); Su Jianlin (2020), https://kexue.fm/archives/7213.
 
@@ -175,16 +198,11 @@ def memm_log_likelihood(
         raise ValueError(
             f"{fn}: direction must be 'forward', 'backward' or 'both', got {direction!r}."
         )
-    emissions = _check_emissions(fn, emissions)
+    emissions = check_emissions(fn, emissions)
     *batch_shape, num_steps, num_tags = emissions.shape
     batch_shape = tuple(batch_shape)
     kind, trans = _check_transitions(fn, transitions, num_tags)
     mats = tuple(trans) if kind == "low_rank" else (trans,)
-    dtype = _compute_dtype(emissions, *mats)
-    lengths = _sequence_lengths(fn, mask, lengths, batch_shape, num_steps)
-    tags = _check_tags(fn, tags, emissions.shape, lengths)
-
-    x = emissions.astype(dtype).reshape(-1, num_steps, num_tags)
-    mats = tuple(m.astype(dtype) for m in mats)
-    ll = _memm_core(x, tags.reshape(x.shape[:2]), mats, lengths.reshape(-1), direction)
-    return ll.reshape(batch_shape)
+    mask, holes = check_mask(fn, mask, lengths, batch_shape, num_steps)
+    tags = check_tags(fn, tags, mask, num_tags)
+    return _memm(emissions, tags, mats, mask, direction, holes).reshape(batch_shape)

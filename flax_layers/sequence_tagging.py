@@ -31,13 +31,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flax_layers._chain import check_algorithm
 from flax_layers.crf import (
     Algorithm,
-    _check_algorithm,
     crf_log_likelihood,
     crf_marginals,
     viterbi_decode,
 )
+from flax_layers.linear_chain_crf import LinearChainCRF
 from flax_layers.memm import memm_log_likelihood
 from flax_layers.tag_schemes import mask_transitions
 
@@ -121,7 +122,7 @@ class CRF(nnx.Module):
         algorithm: Algorithm = "rescaled",
     ):
         m = _check_common(num_tags, lr_multiplier)
-        _check_algorithm("CRF", algorithm)
+        check_algorithm("CRF", algorithm)
         self.num_tags = num_tags
         self.lr_multiplier = m
         self.algorithm = algorithm
@@ -181,16 +182,31 @@ class CRF(nnx.Module):
     __call__ = loss
 
     def marginals(self, emissions, mask=None, *, lengths=None) -> jax.Array:
-        """Tag marginals ``[..., T, K]`` (0 at padded positions)."""
+        """Tag marginals ``[..., T, K]`` (0 at masked positions)."""
         g, start, end = self.scores()
         return crf_marginals(
             emissions, g, mask, start, end, lengths=lengths, algorithm=self.algorithm
         )
 
     def decode(self, emissions, mask=None, *, lengths=None) -> tuple[jax.Array, jax.Array]:
-        """Viterbi ``(tags [..., T] with -1 at padding, best score [...])``."""
+        """Viterbi ``(tags [..., T] with -1 at masked positions, best score [...])``."""
         g, start, end = self.scores()
         return viterbi_decode(emissions, g, mask, start, end, lengths=lengths)
+
+    def distribution(self, emissions, mask=None, *, lengths=None) -> LinearChainCRF:
+        """The :class:`flax_layers.LinearChainCRF` of these emissions under this head's
+        (constrained) transitions, start and end scores: marginals, entropy, sampling,
+        k-best, KL, MBR decoding."""
+        g, start, end = self.scores()
+        return LinearChainCRF(
+            emissions,
+            g,
+            mask=mask,
+            lengths=lengths,
+            start=start,
+            end=end,
+            algorithm=self.algorithm,
+        )
 
 
 class MEMM(nnx.Module):

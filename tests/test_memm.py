@@ -156,8 +156,46 @@ def test_bad_inputs_raise_clear_errors():
         memm_log_likelihood(em, tags, (np.ones((K, 2)), np.ones((K, 3))))
     with pytest.raises(ValueError, match="transitions must have shape"):
         memm_log_likelihood(em, tags, np.ones((K, K + 1), np.float32))
-    with pytest.raises(ValueError, match="right-padded"):
-        memm_log_likelihood(em, tags, g, np.array([[0, 1, 1, 1, 1]] * B))
+    with pytest.raises(ValueError, match="only 0/1"):
+        memm_log_likelihood(em, tags, g, np.full((B, T), 3))
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward", "both"])
+def test_masks_with_holes_equal_the_compacted_sequence(direction):
+    """A masked position is skipped: the MEMM of the compacted sequence."""
+    em, g = _problem(12)
+    tags = np.random.default_rng(13).integers(0, K, (B, T))
+    mask = np.array([[0, 1, 1, 0, 1], [1, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], bool)
+    got = memm_log_likelihood(em, tags, g, mask, direction=direction)
+    for b in range(B):
+        keep = mask[b]
+        if not keep.any():
+            ref = 0.0
+        else:
+            ref = memm_log_likelihood(em[b, keep], tags[b, keep], g, direction=direction)
+        np.testing.assert_allclose(got[b], ref, rtol=1e-6, atol=1e-6)
+    jitted = jax.jit(lambda m: memm_log_likelihood(em, tags, g, m, direction=direction))(mask)
+    np.testing.assert_allclose(jitted, got, rtol=1e-6, atol=1e-6)
+
+
+def test_infeasible_rows_are_minus_inf_with_zero_gradients_and_nan_is_nan():
+    em, g = _problem(14)
+    tags = np.zeros((B, T), int)
+    forbidden = np.full((K, K), -np.inf, np.float32)  # no path of length >= 2 is feasible
+    ll = memm_log_likelihood(em, tags, forbidden, lengths=LENGTHS)
+    assert np.all(np.isneginf(np.asarray(ll)[LENGTHS >= 2]))
+    assert np.all(np.isfinite(np.asarray(ll)[LENGTHS < 2]))
+    for direction in ("forward", "both"):
+        row0 = lambda e, g, d=direction: memm_log_likelihood(
+            e, tags, g, lengths=LENGTHS, direction=d
+        )[0]
+        d_em, d_g = jax.grad(row0, argnums=(0, 1))(em, forbidden)
+        assert np.all(np.asarray(d_em) == 0) and np.all(np.asarray(d_g) == 0)
+    bad = em.copy()
+    bad[1, 0, 2] = np.nan  # a valid position of row 1
+    bad[2, 3, 0] = np.nan  # a padded position of row 2 (length 1)
+    ll = np.asarray(memm_log_likelihood(bad, tags, g, lengths=LENGTHS, direction="both"))
+    assert np.isnan(ll[1]) and np.all(np.isfinite(ll[[0, 2, 3]]))
 
 
 @pytest.mark.parametrize("rank", [None, 2])
