@@ -212,6 +212,26 @@ def _gather_rows(y: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(y, index, axis=1)
 
 
+@jax.custom_vjp
+def permute_rows(y: jax.Array, order: jax.Array, position: jax.Array) -> jax.Array:
+    """``y[n, order[n, t]]`` where ``position`` is the inverse permutation of ``order``.
+
+    Its gradient is the gather by ``position`` (not a scatter-add, slow on CPU).
+    """
+    return _gather_rows(y, order)
+
+
+def _permute_rows_fwd(y, order, position):
+    return _gather_rows(y, order), position
+
+
+def _permute_rows_bwd(position, ct):
+    return _gather_rows(ct, position), None, None
+
+
+permute_rows.defvjp(_permute_rows_fwd, _permute_rows_bwd)
+
+
 def compact_rows(emissions, mask, holes: bool, dtype):
     """``(x [N, T, K], lengths [N], position, order, mask [N, T])``, see :class:`Compact`."""
     num_steps, num_tags = emissions.shape[-2:]
@@ -224,7 +244,7 @@ def compact_rows(emissions, mask, holes: bool, dtype):
         t = jnp.arange(num_steps, dtype=jnp.int32)
         position = jnp.where(mask, before - 1, lengths[:, None] + t - before)
         order = jnp.zeros_like(position).at[jnp.arange(x.shape[0])[:, None], position].set(t)
-        x = _gather_rows(x, order)
+        x = permute_rows(x, order, position)
     valid = jnp.arange(num_steps) < lengths[:, None]
     return jnp.where(valid[..., None], x, 0), lengths, position, order, mask
 

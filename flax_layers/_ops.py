@@ -143,28 +143,32 @@ def top_k(inputs, *, holes, k):
 
 @functools.partial(jax.jit, static_argnames=("holes", "sample_shape"))
 def sample(inputs, key, *, holes, sample_shape):
-    """Forward filtering, backward sampling with Gumbel-max draws (``-inf`` never drawn)."""
+    """Forward filtering, backward sampling; one uniform per draw (inverse CDF)."""
     c = compact(inputs, holes)
-    res = sequential_scan(Log(), c.x, c.g, c.start, c.end, c.lengths, keep_alphas=True)
-    alphas = res.alphas[..., 0]  # [T, N, K] log forward scores
+    log_z, la, lg, le = _rescaled.forward_log_weights(c.x, c.g, c.start, c.end, c.lengths)
     num_samples = math.prod(sample_shape)
-    batch, num_steps, num_tags = c.x.shape
+    num_steps = c.x.shape[1]
     lengths = c.lengths
+    uniforms = jax.random.uniform(key, (num_steps, num_samples, c.x.shape[0]), la.dtype)
+    upper = jnp.triu(jnp.ones((c.x.shape[-1],) * 2, la.dtype))
 
     def step(y_next, inputs):  # draws y_t given y_{t+1} (or the end scores at t = L - 1)
-        alpha, t, step_key = inputs
-        weights = jnp.where(
-            (t == lengths - 1)[:, None], c.end, jnp.take(c.g.T, y_next, axis=0)
-        )  # [S, N, K]
-        noise = jax.random.gumbel(step_key, (num_samples, batch, num_tags), alpha.dtype)
-        y = jnp.argmax(alpha + weights + noise, axis=-1).astype(jnp.int32)
+        la_t, t, u = inputs
+        last = (t == lengths - 1)[:, None]
+        logits = la_t + jnp.where(last, le, jnp.take(lg.T, y_next, axis=0))  # [S, N, K]
+        peak = jnp.max(logits, axis=-1, keepdims=True)
+        weights = jnp.exp(logits - jnp.where(peak > -jnp.inf, peak, 0))
+        cdf = jnp.matmul(weights, upper, precision=lax.Precision.HIGHEST)  # cumulative sums
+        # The first tag whose CDF exceeds u·total: a tag of weight 0 (score -inf) adds no
+        # width to the CDF and can never be drawn.
+        y = jnp.sum(cdf <= (u * cdf[..., -1])[..., None], axis=-1, dtype=jnp.int32)
+        y = jnp.minimum(y, c.x.shape[-1] - 1)
         valid = t < lengths
         return jnp.where(valid, y, y_next), jnp.where(valid, y, -1)
 
-    keys = jax.random.split(key, num_steps)
-    init = jnp.zeros((num_samples, batch), jnp.int32)
-    _, ys = lax.scan(step, init, (alphas, jnp.arange(num_steps), keys), reverse=True)
-    ys = jnp.where((res.total[:, 0] > -jnp.inf)[None, None, :], ys, -1)  # [T, S, N]
+    init = jnp.zeros((num_samples, c.x.shape[0]), jnp.int32)
+    _, ys = lax.scan(step, init, (la, jnp.arange(num_steps), uniforms), reverse=True)
+    ys = jnp.where((log_z > -jnp.inf)[None, None, :], ys, -1)  # [T, S, N]
     tags = expand(c, jnp.transpose(ys, (2, 0, 1)), -1)  # [N, T, S]
     tags = jnp.transpose(tags, (2, 0, 1))
     return tags.reshape(*sample_shape, *inputs.mask.shape)

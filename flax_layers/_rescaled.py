@@ -201,6 +201,31 @@ def marginals(x, g, start, end, lengths, *, pairs: str = "none"):
     return lax.cond(ok, lambda: (fast_log_z, unary, pair), exact)
 
 
+def forward_log_weights(x, g, start, end, lengths):
+    """``(log Z [N], la [T, N, K], lg [K, K], le [K])`` for backward sampling.
+
+    ``exp(la_t(i) + lg(i, j))`` is proportional (for fixed ``j`` and ``t``) to
+    ``exp(α_t(i) + g(i, j))`` and ``exp(la_{L-1}(i) + le(i))`` to ``exp(α_{L-1}(i) + end(i))``,
+    with ``α`` the log forward scores: from the rescaled pass (``la = log a_t``, which holds
+    the row maxima of ``g`` and the end scores, ``lg = g - rowmax g``, ``le = 0``), or from
+    the exact log-space scan where the rescaled pass lost mass.
+    """
+    fast_log_z, ok, pieces = _forward_backward(x, g, start, end, lengths)
+    a, e_mat = pieces[3], pieces[1]
+    fast = (
+        fast_log_z,
+        jnp.log(jnp.transpose(a, (0, 2, 1))),
+        jnp.log(e_mat),
+        jnp.zeros_like(end),
+    )
+
+    def exact():
+        res = sequential_scan(Log(), x, g, start, end, lengths, keep_alphas=True)
+        return res.total[:, 0], res.alphas[..., 0], g, end
+
+    return lax.cond(ok, lambda: fast, exact)
+
+
 def _parallel_elements(x, g, lengths):
     """Rescaled transfer matrices ``[T-1, N, K, K]``, their log scales and supports."""
     num_tags = x.shape[-1]

@@ -221,8 +221,8 @@ class LinearChainCRF:
         """Exact samples ``sample_shape + [..., T]`` (int32, ``-1`` at masked positions).
 
         Math: forward filtering, backward sampling: ``y_L ∝ exp(α_L + end)``, then
-        ``y_t ∝ exp(α_t(·) + g(·, y_{t+1}))``, each drawn by Gumbel-max (forbidden moves,
-        weight ``-inf``, are never drawn).
+        ``y_t ∝ exp(α_t(·) + g(·, y_{t+1}))``, each drawn with one uniform by inverse CDF
+        (forbidden moves, weight ``-inf``, add no width to the CDF and are never drawn).
 
         Args:
           key: a :func:`jax.random.key`.
