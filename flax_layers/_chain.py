@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 def is_concrete(x) -> bool:
@@ -240,7 +241,9 @@ def compact_rows(emissions, mask, holes: bool, dtype):
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
     position = order = None
     if holes:
-        before = jnp.cumsum(mask, axis=1, dtype=jnp.int32)  # valid positions up to t
+        # Valid positions up to t (an associative scan: XLA:CPU constant-folds the
+        # reduce-window of a cumsum over a constant mask very slowly).
+        before = lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=1)
         t = jnp.arange(num_steps, dtype=jnp.int32)
         position = jnp.where(mask, before - 1, lengths[:, None] + t - before)
         order = jnp.zeros_like(position).at[jnp.arange(x.shape[0])[:, None], position].set(t)

@@ -450,7 +450,9 @@ def _input_gram(kernel: jax.Array, in_axis: Axes) -> tuple[jax.Array, tuple[int,
     rest = tuple(a for a in range(kernel.ndim) if a not in ins)
     n = math.prod(kernel.shape[a] for a in ins)
     k = jnp.transpose(kernel, ins + rest).reshape(n, -1)
-    return k @ k.T, ins
+    # Full float32 products: the default on TPUs/recent GPUs (bf16 passes, TF32) would
+    # swamp the 1/n-sized deviations these diagnostics measure.
+    return jnp.matmul(k, k.T, precision=jax.lax.Precision.HIGHEST), ins
 
 
 def orthogonality_error(
@@ -557,6 +559,6 @@ def norm_preservation_ratio(kernel: ArrayLike, x: ArrayLike, *, in_axis: Axes = 
     k = jnp.transpose(kernel, ins + rest).reshape(n, -1).astype(dtype)
     x = x.reshape(-1, n).astype(dtype)
     nx = jnp.linalg.norm(x, axis=-1)
-    ny = jnp.linalg.norm(x @ k, axis=-1)
+    ny = jnp.linalg.norm(jnp.matmul(x, k, precision=jax.lax.Precision.HIGHEST), axis=-1)
     ok = nx > 0
     return jnp.mean(jnp.where(ok, ny / jnp.where(ok, nx, 1), 0), where=ok)

@@ -20,12 +20,19 @@ from jax.test_util import check_grads
 
 from flax_layers import (
     CRF,
+    LinearChainCRF,
+    _chain,
+    _ops,
+    _scan,
+    _semiring,
     allowed_transitions,
     crf_log_likelihood,
     crf_log_partition,
     crf_marginals,
     crf_sequence_score,
     mask_transitions,
+    norm_preservation_ratio,
+    orthogonality_error,
     viterbi_decode,
     viterbi_nbest,
 )
@@ -340,3 +347,187 @@ def test_lr_multiplier_scales_the_transition_step(opt_name, power):
 
     step1, step4 = first_step(1.0), first_step(4.0)
     np.testing.assert_allclose(step4, 4.0**power * step1, rtol=1e-3, atol=1e-7)
+
+
+# ------------------------------------------- the chain core and its specialisations
+
+
+def _holey_inputs(seed=20, b=5, t=6, k=4, scale=2.0):
+    em, g, start, end = _problem(seed, b=b, t=t, k=k, scale=scale)
+    g[0, 1] = -np.inf
+    mask = np.array(
+        [[0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [0] * 6, [1, 1, 0, 1, 0, 1]],
+        bool,
+    )[:b, :t]
+    return em, g, start, end, mask
+
+
+def test_unrolled_viterbi_equals_the_generic_max_semiring():
+    em, g, start, end, mask = _holey_inputs()
+    em = np.round(em)  # integer scores: many ties, broken towards lower tags by both
+    inputs, holes = _chain.validate("t", em, g, mask=mask, start=start, end=end)
+    fast = _ops.argmax(inputs, holes=holes, unrolled=True)
+    generic = _ops.argmax(inputs, holes=holes, unrolled=False)
+    np.testing.assert_array_equal(fast[0], generic[0])
+    np.testing.assert_array_equal(fast[1], generic[1])
+    best = _ops.top_k(inputs, holes=holes, k=1)
+    np.testing.assert_array_equal(best[0][:, 0], generic[0])
+    np.testing.assert_array_equal(best[1][:, 0], generic[1])
+
+
+@pytest.mark.parametrize("semiring", [_semiring.Log(), _semiring.Max(), _semiring.KBest(3)])
+def test_associative_scan_equals_sequential_scan(semiring):
+    em, g, start, end, mask = _holey_inputs(21)
+    c = _chain.compact(_chain.validate("t", em, g, mask=mask, start=start, end=end)[0], True)
+    args = (c.x, c.g, c.start, c.end, c.lengths)
+    sequential = _scan.sequential_scan(semiring, *args).total
+    parallel = _scan.associative_scan(semiring, *args)
+    np.testing.assert_allclose(parallel, sequential, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["rescaled", "parallel"])
+def test_probability_space_paths_equal_the_log_space_scan(algorithm):
+    """Values and gradients of the specialisations against the generic log-space scan."""
+    em, g, start, end, mask = _holey_inputs(22, scale=4.0)
+
+    def value_and_grads(algorithm):
+        def f(em, g, start, end):
+            return jnp.sum(
+                crf_log_partition(em, g, mask, start, end, algorithm=algorithm) * np.arange(5)
+            )
+
+        return jax.value_and_grad(f, argnums=(0, 1, 2, 3))(em, g, start, end)
+
+    ref_value, ref_grads = value_and_grads("sequential")
+    value, grads = value_and_grads(algorithm)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_extreme_scores_are_exact_for_every_algorithm_and_operation(algorithm):
+    """Two disconnected paths, each 150 nats ahead over half the sequence: probability-space
+    passes lose one of them in float32 and must fall back to the exact log-space scan."""
+    em = np.zeros((1, 20, 2), np.float32)
+    em[0, :10, 0] = 15.0
+    em[0, 10:, 1] = 15.0
+    g = np.array([[0.0, -np.inf], [-np.inf, 0.0]], np.float32)
+    log_z, grad = jax.value_and_grad(lambda e: crf_log_partition(e, g, algorithm=algorithm)[0])(em)
+    np.testing.assert_allclose(log_z, 150 + np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(grad[0], 0.5, atol=1e-5)  # each path has probability 1/2
+    dist = LinearChainCRF(em, g)
+    np.testing.assert_allclose(dist.entropy(), np.log(2), atol=1e-4)
+    np.testing.assert_allclose(dist.transition_marginals()[0, 1:].sum((1, 2)), 1.0, atol=1e-5)
+    samples = np.asarray(dist.sample(jax.random.key(0), (400,)))[:, 0]
+    assert set(map(tuple, samples)) == {(0,) * 20, (1,) * 20}  # only the two feasible paths
+    assert 150 < (samples[:, 0] == 0).sum() < 250
+
+
+def test_non_finite_inputs_give_honest_results():
+    em, g, start, end = _problem(23)
+    lengths = np.array([5, 3, 1, 0])
+    tags = np.zeros((B, T), int)
+    bad = em.copy()
+    bad[0, 2, 1] = np.nan  # a valid position of row 0
+    bad[2, 3, 0] = np.nan  # a padded position of row 2: no effect
+    for algorithm in ALGORITHMS:
+        ll = crf_log_likelihood(
+            bad, tags, g, None, start, end, lengths=lengths, algorithm=algorithm
+        )
+        log_z = crf_log_partition(bad, g, None, start, end, lengths=lengths, algorithm=algorithm)
+        for out in (ll, log_z):
+            assert np.isnan(out[0]) and np.all(np.isfinite(np.asarray(out)[1:]))
+    _, score = viterbi_decode(bad, g, None, start, end, lengths=lengths)
+    assert np.isnan(score[0]) and np.all(np.isfinite(np.asarray(score)[1:]))
+    assert np.all(np.isnan(crf_marginals(bad, g, None, start, end, lengths=lengths)[0]))
+    nan_g = g.copy()
+    nan_g[1, 1] = np.nan  # enters every row with two or more valid positions
+    log_z = np.asarray(crf_log_partition(em, nan_g, None, start, end, lengths=lengths))
+    assert np.all(np.isnan(log_z[:2])) and np.all(np.isfinite(log_z[2:]))
+    nan_start = start.copy()
+    nan_start[0] = np.nan  # enters every row with a valid position
+    _, score = viterbi_decode(em, g, None, nan_start, end, lengths=lengths)
+    assert np.all(np.isnan(np.asarray(score)[:3])) and score[3] == 0
+    # No feasible path: -inf everywhere, zero gradients, in every algorithm.
+    forbidden = np.full((K, K), -np.inf, np.float32)
+    for algorithm in ALGORITHMS:
+
+        def loss(em, g, algorithm=algorithm):
+            ll = crf_log_likelihood(em, tags, g, lengths=lengths, algorithm=algorithm)
+            return jnp.sum(jnp.where(lengths >= 2, ll, 0.0)), ll
+
+        (_, ll), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(em, forbidden)
+        assert np.all(np.isneginf(np.asarray(ll)[:2])) and np.all(np.isfinite(ll[2:]))
+        assert all(np.all(np.asarray(d) == 0) for d in grads)
+    tags_v, score = viterbi_decode(em, forbidden, lengths=lengths)
+    assert np.all(np.isneginf(np.asarray(score)[:2])) and np.all(np.asarray(tags_v)[:2] == -1)
+
+
+def test_checkpointed_scan_is_exact_and_stores_less():
+    em, g, start, end = _problem(24, b=2, t=1200, k=4)
+    tags = np.random.default_rng(25).integers(0, 4, (2, 1200))
+
+    def loss(checkpoint):
+        def f(em, g):
+            ll = crf_log_likelihood(
+                em, tags, g, None, start, end, algorithm="sequential", checkpoint=checkpoint
+            )
+            return -jnp.sum(ll)
+
+        return f
+
+    args = (jnp.asarray(em), jnp.asarray(g))
+    ref = jax.value_and_grad(loss(False), argnums=(0, 1))(*args)
+    got = jax.value_and_grad(loss(True), argnums=(0, 1))(*args)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # sums over 1,200 steps
+    temp = [
+        jax.jit(jax.grad(loss(c), argnums=(0, 1))).lower(*args).compile().memory_analysis()
+        for c in (False, True)
+    ]
+    assert temp[1].temp_size_in_bytes < temp[0].temp_size_in_bytes / 2
+    with pytest.raises(ValueError, match="checkpoint=True"):
+        crf_log_partition(em, g, checkpoint=True)
+
+
+def _dot_precisions(jaxpr) -> list:
+    """Precision of every dot_general in a (closed) jaxpr, sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dot_precisions(inner)
+    return found
+
+
+def test_every_matrix_product_requests_full_float32():
+    """On TPUs and recent GPUs the default float32 matmul uses bf16 passes or TF32."""
+    em, g, start, end, mask = _holey_inputs(26)
+    other = LinearChainCRF(em[::-1].copy(), g, mask=mask, start=start, end=end)
+    tags = np.zeros(mask.shape, int)
+
+    def dist(em, algorithm="rescaled"):
+        return LinearChainCRF(em, g, mask=mask, start=start, end=end, algorithm=algorithm)
+
+    operations = [
+        lambda e: dist(e).marginals(),
+        lambda e: dist(e).transition_marginals(),
+        lambda e: dist(e).entropy(),
+        lambda e: dist(e).kl_divergence(other),
+        lambda e: dist(e).sample(jax.random.key(0)),
+        lambda e: dist(e).mbr_decode(),
+        lambda e: orthogonality_error(e[0]),
+        lambda e: norm_preservation_ratio(e[0, :, :3], e[:, :, 0]),
+    ]
+    for algorithm in ("rescaled", "parallel"):  # "sequential" has no matrix products
+        operations.append(jax.grad(lambda e, a=algorithm: jnp.sum(dist(e, a).log_prob(tags))))
+    for op in operations:
+        precisions = _dot_precisions(jax.make_jaxpr(op)(em).jaxpr)
+        assert precisions, "no matrix product found: the check would be vacuous"
+        highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+        assert all(p == highest for p in precisions), precisions
