@@ -1,73 +1,229 @@
-"""CRF / Viterbi / Bi-MEMM on CPU: ours (JAX) against pytorch-crf, side by side.
+"""CRF / Viterbi / LinearChainCRF / Bi-MEMM on CPU: ours (JAX) against peers, side by side.
 
-Run ``python -m benchmarks.crf`` (``--quick`` for a short smoke run). Cases, with batch
-32 and 20 tags, at T = 128 and T = 1024:
+Run ``python -m benchmarks.crf`` (``--quick`` for a short smoke run: fewer repeats, no
+T = 8,192 and no parallel scan at T = 1,024, memory not timed; ``--only SECTION`` for
+the sections whose name contains SECTION: crf, distribution, holes, algorithms, memory,
+memm). Batch 32, 20 tags,
+T = 128 unless a row says otherwise; random emissions, lengths between T/2 and T, row 0
+full (pytorch-crf needs every row's first position valid).
 
-* CRF log-likelihood forward + backward (gradients for emissions, transitions, start and
-  end): our default ``"rescaled"`` algorithm, the log-space ``"sequential"`` scan and the
-  ``"parallel"`` associative scan, each against pytorch-crf (``torch.set_num_threads(2)``).
-* Viterbi decoding against pytorch-crf ``decode``.
-* Bi-MEMM loss forward + backward against our own CRF (the article's claim: faster).
+Sections:
 
-Every timing is the median of several runs after warm-up, in one process; compile time
-(trace + XLA compile) is reported separately. The table is markdown.
+* ``crf``: CRF log-likelihood forward + backward (gradients for emissions, transitions,
+  start and end) with our ``"rescaled"`` (default) and ``"sequential"`` algorithms vs
+  pytorch-crf (``torch.set_num_threads(2)``), goal ≥ 30×; Viterbi vs pytorch-crf
+  ``decode``. When torch-struct imports, also the log-partition gradient, entropy and
+  argmax against ``torch_struct.LinearChainCRF`` (its potentials ``[B, T-1, K, K]`` are
+  built from the same emissions inside the timed call).
+* ``distribution``: ``flax_layers.LinearChainCRF`` entropy, KL divergence, sampling and
+  top-5 against SynJax figures recorded on this shape on this machine (SynJax is not on
+  the registry, so they are constants here, not measured in the run). Goals: entropy,
+  KL and sampling ≥ 10× faster than SynJax; top_k(5) within 10× of our Viterbi.
+* ``holes``: CRF fwd+bwd with a concrete right-padded mask, the same mask with holes
+  (positions 0 and 5 masked in every row) and a traced right-padded mask.
+* ``algorithms``: ``jax.grad`` of the summed ``crf_log_partition`` with the rescaled,
+  sequential and parallel algorithms at T = 1,024 (B = 32) and T = 8,192 (B = 8).
+* ``memory``: peak memory (compiled ``memory_analysis()``) and time of the CRF
+  log-likelihood fwd+bwd at T = 16,384, B = 8: rescaled, sequential, sequential with
+  ``checkpoint=True``.
+* ``memm``: Bi-MEMM loss fwd+bwd vs our CRF (the article's claim: faster).
+
+Every JAX function is compiled (lower + compile, reported separately) and warmed up
+first; then the sides of a comparison are sampled round-robin in one process
+(:mod:`benchmarks.timing`) and each reports its median (torch-struct, seconds a call,
+in its own group with fewer repeats). ``OMP_WAIT_POLICY=PASSIVE`` is set before torch
+loads, so its idle threads do not spin on the cores the next sample needs.
+
+The "limit" columns: the bytes the minimal algorithm must move (emissions read, tags
+read or written, the emission gradient written for fwd+bwd) and the share of this
+machine's copy bandwidth that reaches, ``min bytes / time / bandwidth``, with the
+bandwidth measured in the same process from a jitted ``x + 1.0`` over a 256 MB float32
+array, donated so it runs in place (bytes read + written per second). Prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Without this, torch's OpenMP threads spin after each call and take the cores from the
+# next sample, ours or theirs (on a shared 2-core machine: ours 2.0 -> 7.1 ms and
+# pytorch-crf 44 -> 324 ms for the CRF fwd+bwd, sampled round-robin).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.timing import round_robin_medians, timed  # noqa: E402
-from flax_layers import crf_log_likelihood, memm_log_likelihood, viterbi_decode  # noqa: E402
+from flax_layers import (  # noqa: E402
+    LinearChainCRF,
+    crf_log_likelihood,
+    crf_log_partition,
+    memm_log_likelihood,
+    viterbi_decode,
+)
 
-BATCH, TAGS = 32, 20
+BATCH, TAGS, STEPS = 32, 20, 128
+F32 = 4
+
+# SynJax, measured on B=32, T=128, K=20 on this machine (not installable here; recorded).
+SYNJAX_ENTROPY_MS = 31.0
+SYNJAX_SAMPLE_MS = 39.0
+SYNJAX_LOGZ_GRAD_X = 8.4  # its log-partition gradient, as a multiple of ours
+SYNJAX_VITERBI_X = 14.0
+SYNJAX_TOPK_X = 24.0
+SYNJAX = "SynJax (recorded figure, not measured in this run)"
+
+NAN = float("nan")
 
 
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    return 1e3 * round_robin_medians([timed(fn)], repeats, warmup)[0]
+@dataclass
+class Row:
+    """One line of the time table: ms are medians, ``speedup`` is peer / ours."""
+
+    case: str
+    shape: str
+    ours_ms: float
+    peer: str
+    peer_ms: float
+    compile_s: float
+    min_bytes: int
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def speedup(self) -> float:
+        return self.peer_ms / self.ours_ms
 
 
-def _compile(fn, *args):
-    """Jits ``fn``; returns (compiled callable, compile seconds)."""
+@dataclass
+class MemRow:
+    case: str
+    shape: str
+    temp: int
+    args: int
+    out: int
+    ratio: float
+    ms: float
+    compile_s: float
+
+
+@dataclass
+class Ctx:
+    """Run settings, messages to print, and the compiled functions sections share."""
+
+    quick: bool
+    messages: list[str] = field(default_factory=list)
+    cache: dict[str, tuple] = field(default_factory=dict)
+
+    def compile(self, key: str, fn: Callable, *args) -> tuple:
+        """:func:`_compile`, once per ``key`` (the T = 128 cases recur across sections)."""
+        if key not in self.cache:
+            self.cache[key] = _compile(fn, *args)
+        return self.cache[key]
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _compile(fn: Callable, *args):
+    """Jits ``fn`` and compiles it for ``args``; returns (compiled, compile seconds)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     return compiled, time.perf_counter() - t0
 
 
-def _data(num_steps: int, seed: int = 0):
+def _jax_sampler(compiled, *args) -> Callable[[], float]:
+    return timed(lambda: jax.block_until_ready(compiled(*args)))
+
+
+def _medians_ms(
+    samplers: Sequence[Callable[[], float]], repeats: int, warmup: int = 2
+) -> list[float]:
+    return [1e3 * s for s in round_robin_medians(samplers, repeats, warmup)]
+
+
+def copy_bandwidth(repeats: int = 5) -> float:
+    """Bytes read + written per second by a jitted ``x + 1.0`` over 256 MB of float32.
+
+    ``x`` is donated, so the sum is written in place: a fresh 256 MB output would time
+    the kernel's page faults (about 2 GB/s here) instead of the memory traffic.
+    """
+    x = [jnp.zeros((64 * 2**20,), jnp.float32)]
+    nbytes = x[0].nbytes
+    compiled = jax.jit(lambda x: x + 1.0, donate_argnums=0).lower(x[0]).compile()
+
+    def step():
+        x[0] = compiled(x[0])
+        x[0].block_until_ready()
+
+    (s,) = round_robin_medians([timed(step)], repeats, warmup=2)
+    return 2 * nbytes / s
+
+
+def _shape(batch: int, steps: int) -> str:
+    return f"B={batch}, T={steps:,}, K={TAGS}"
+
+
+def _data(num_steps: int, batch: int = BATCH, seed: int = 0):
     rng = np.random.default_rng(seed)
-    em = rng.normal(size=(BATCH, num_steps, TAGS)).astype(np.float32)
-    tags = rng.integers(0, TAGS, (BATCH, num_steps))
-    lengths = rng.integers(num_steps // 2, num_steps + 1, BATCH)
+    em = rng.normal(size=(batch, num_steps, TAGS)).astype(np.float32)
+    tags = rng.integers(0, TAGS, (batch, num_steps)).astype(np.int32)
+    lengths = rng.integers(num_steps // 2, num_steps + 1, batch)
     lengths[0] = num_steps  # pytorch-crf: every row starts valid; one row is full
     mask = np.arange(num_steps) < lengths[:, None]
     params = [rng.uniform(-0.1, 0.1, s).astype(np.float32) for s in [(TAGS, TAGS), TAGS, TAGS]]
     return em, tags, mask, params
 
 
-def _torch_fns(em, tags, mask, params):
+def _ll_grad(tags, mask, algorithm="rescaled", checkpoint=False):
+    """``(em, g, start, end) -> grads`` of the summed negative CRF log-likelihood."""
+
+    def loss(em, g, start, end):
+        ll = crf_log_likelihood(
+            em, tags, g, mask, start, end, algorithm=algorithm, checkpoint=checkpoint
+        )
+        return -jnp.sum(ll)
+
+    return jax.grad(loss, argnums=(0, 1, 2, 3))
+
+
+def _fb_bytes(batch: int, steps: int, tags: bool = True) -> int:
+    """Emissions read + emission gradient written (+ tags read)."""
+    return 2 * batch * steps * TAGS * F32 + (batch * steps * 4 if tags else 0)
+
+
+# ------------------------------------------------------------------------- peers
+
+
+def _torch():
     try:
         import torch
-        from torchcrf import CRF as TorchCRF
     except ImportError:
         return None
     torch.set_num_threads(2)
+    return torch
+
+
+def _pytorch_crf_fns(torch, em, tags, mask, params):
+    from torchcrf import CRF as TorchCRF
+
     crf = TorchCRF(TAGS, batch_first=True)
     with torch.no_grad():
         crf.transitions.copy_(torch.from_numpy(params[0]))
         crf.start_transitions.copy_(torch.from_numpy(params[1]))
         crf.end_transitions.copy_(torch.from_numpy(params[2]))
     em_t = torch.from_numpy(em).requires_grad_(True)
-    tags_t, mask_t = torch.from_numpy(tags), torch.from_numpy(mask)
+    tags_t, mask_t = torch.from_numpy(tags).long(), torch.from_numpy(mask)
 
     def loss_and_grad():
         em_t.grad = None
@@ -81,70 +237,517 @@ def _torch_fns(em, tags, mask, params):
     return loss_and_grad, decode
 
 
-def _bench_length(num_steps: int, repeats: int, quick: bool) -> list[tuple]:
-    em, tags, mask, (g, start, end) = _data(num_steps)
-    args = (jnp.asarray(em), jnp.asarray(g), jnp.asarray(start), jnp.asarray(end))
-    torch_fns = _torch_fns(em, tags, mask, [g, start, end])
-    peer_fb = peer_dec = float("nan")
-    if torch_fns is not None:
-        peer_fb = _median_ms(torch_fns[0], repeats)
-        peer_dec = _median_ms(torch_fns[1], repeats)
+def _torch_struct_fns(torch, em, mask, params, check_log_z):
+    """torch-struct log-partition gradient, entropy and argmax, or an explanation string."""
+    try:
+        import torch_struct
+    except Exception as e:  # noqa: BLE001 - report whatever stops the import
+        return f"torch-struct not available: {type(e).__name__}: {e}"
+    num_steps = em.shape[1]
+    em_t = torch.from_numpy(em).requires_grad_(True)
+    g, start, end = (torch.from_numpy(p).requires_grad_(True) for p in params)
+    lengths = torch.from_numpy(mask.sum(-1))
+    last_edge = torch.nn.functional.one_hot(lengths - 2, num_steps - 1).to(em_t.dtype)
 
-    def timed(fn, *fn_args):
-        compiled, compile_s = _compile(fn, *fn_args)
-        return _median_ms(lambda: jax.block_until_ready(compiled(*fn_args)), repeats), compile_s
+    def dist():
+        # phi[b, n, j, i] = score of tag i at position n -> tag j at position n + 1.
+        edges = g.T + em_t[:, 1:, :, None]
+        first = (em_t[:, 0] + start)[:, None, None, :]
+        edges = torch.cat([edges[:, :1] + first, edges[:, 1:]], dim=1)
+        edges = edges + last_edge[:, :, None, None] * end[:, None]
+        with warnings.catch_warnings():  # torch.distributions: no `arg_constraints`
+            warnings.simplefilter("ignore", UserWarning)
+            return torch_struct.LinearChainCRF(edges, lengths=lengths)
 
-    rows, crf_ms = [], {}
-    algorithms = ["rescaled"]
-    if num_steps <= 128:  # the parallel scan does O(T K^3) work: made for accelerators
-        algorithms += ["sequential", "parallel"]
-    elif not quick:
-        algorithms += ["sequential"]
-    for algorithm in algorithms:
+    try:
+        log_z = dist().partition.detach().numpy()
+    except Exception as e:  # noqa: BLE001
+        return f"torch-struct imports but fails: {type(e).__name__}: {e}"
+    if not np.allclose(log_z, check_log_z, rtol=1e-4, atol=1e-2):
+        diff = np.abs(log_z - check_log_z).max()
+        return f"torch-struct log Z disagrees with ours (max abs diff {diff:.3g}): not timed."
 
-        def loss(em, g, start, end, algorithm=algorithm):
-            ll = crf_log_likelihood(em, tags, g, mask, start, end, algorithm=algorithm)
-            return -jnp.sum(ll)
+    def log_z_grad():
+        for t in (em_t, g, start, end):
+            t.grad = None
+        dist().partition.sum().backward()
 
-        ms, compile_s = timed(jax.grad(loss, argnums=(0, 1, 2, 3)), *args)
-        crf_ms[algorithm] = ms
-        name = f"CRF log-lik fwd+bwd, {algorithm}"
-        rows.append((name, num_steps, ms, "pytorch-crf", peer_fb, compile_s))
+    def entropy():
+        with torch.no_grad():
+            return dist().entropy
 
-    ms, compile_s = timed(lambda em, g, s, e: viterbi_decode(em, g, mask, s, e), *args)
-    rows.append(("Viterbi decode", num_steps, ms, "pytorch-crf decode", peer_dec, compile_s))
+    def argmax():
+        return dist().argmax
+
+    return log_z_grad, entropy, argmax
+
+
+# ------------------------------------------------------------------------- sections
+
+
+def _viterbi(ctx: Ctx, mask, args) -> tuple:
+    fn = lambda em, g, s, e: viterbi_decode(em, g, mask, s, e)  # noqa: E731
+    return ctx.compile("viterbi", fn, *args)
+
+
+def _entropy(ctx: Ctx, mask, args) -> tuple:
+    fn = lambda em, g, s, e: LinearChainCRF(em, g, mask=mask, start=s, end=e).entropy()  # noqa: E731
+    return ctx.compile("entropy", fn, *args)
+
+
+def bench_crf(ctx: Ctx) -> list[Row]:
+    """CRF fwd+bwd and Viterbi vs pytorch-crf; log Z gradient, entropy, argmax vs torch-struct."""
+    repeats = 5 if ctx.quick else 20
+    em, tags, mask, params = _data(STEPS)
+    args = tuple(jnp.asarray(a) for a in (em, *params))
+    shape = _shape(BATCH, STEPS)
+
+    compiled = {
+        algorithm: ctx.compile(f"ll {algorithm}", _ll_grad(tags, mask, algorithm), *args)
+        for algorithm in ["rescaled", "sequential"]
+    }
+    compiled["viterbi"] = _viterbi(ctx, mask, args)
+    compiled["logz"] = _compile(
+        jax.grad(lambda em, g, s, e: jnp.sum(crf_log_partition(em, g, mask, s, e)), (0, 1, 2, 3)),
+        *args,
+    )
+    compiled["entropy"] = _entropy(ctx, mask, args)
+    sampler = {n: _jax_sampler(c, *args) for n, (c, _) in compiled.items()}
+    cs = {n: c for n, (_, c) in compiled.items()}
+
+    # Two round-robin groups: pytorch-crf (fast, many repeats) and torch-struct (slow,
+    # seconds a call here, few repeats), each with the cases of ours it is compared to.
+    group_a = {n: sampler[n] for n in ["rescaled", "sequential", "viterbi"]}
+    group_b = {n: sampler[n] for n in ["logz", "entropy", "viterbi"]}
+    repeats_b = repeats
+    torch = _torch()
+    if torch is None:
+        ctx.messages.append("torch not installed: no pytorch-crf / torch-struct columns.")
+    else:
+        fb, decode = _pytorch_crf_fns(torch, em, tags, mask, params)
+        group_a |= {"pytorch-crf fb": timed(fb), "pytorch-crf decode": timed(decode)}
+        log_z = np.asarray(crf_log_partition(*args[:2], mask, *args[2:]))
+        ts = _torch_struct_fns(torch, em, mask, params, log_z)
+        if isinstance(ts, str):
+            ctx.messages.append(ts)
+        else:
+            group_b |= {f"ts {n}": timed(f) for n, f in zip(["logz", "entropy", "argmax"], ts)}
+            repeats_b = 2 if ctx.quick else 5
+    ms = dict(zip(group_a, _medians_ms(list(group_a.values()), repeats)))
+    ms_b = dict(zip(group_b, _medians_ms(list(group_b.values()), repeats_b, warmup=1)))
+    ms |= {n: t for n, t in ms_b.items() if n != "viterbi"}
+    peer = lambda n: ms.get(n, NAN)  # noqa: E731
+    fb_bytes = _fb_bytes(BATCH, STEPS)
+    dec_bytes = BATCH * STEPS * (TAGS * F32 + 4)
+    rows = []
+    for algorithm in ["rescaled", "sequential"]:
+        speedup = peer("pytorch-crf fb") / ms[algorithm]
+        rows.append(
+            Row(
+                f"CRF log-lik fwd+bwd, {algorithm}",
+                shape,
+                ms[algorithm],
+                "pytorch-crf",
+                peer("pytorch-crf fb"),
+                cs[algorithm],
+                fb_bytes,
+                "≥ 30×",
+                None if math.isnan(speedup) else speedup >= 30,
+            )
+        )
+    rows.append(
+        Row(
+            "Viterbi decode",
+            shape,
+            ms["viterbi"],
+            "pytorch-crf decode",
+            peer("pytorch-crf decode"),
+            cs["viterbi"],
+            dec_bytes,
+        )
+    )
+    logz_bytes = _fb_bytes(BATCH, STEPS, tags=False)
+    if "ts logz" in ms:
+        rows += [
+            Row(
+                "log Z fwd+bwd (grad of crf_log_partition), rescaled",
+                shape,
+                ms["logz"],
+                "torch-struct",
+                ms["ts logz"],
+                cs["logz"],
+                logz_bytes,
+            ),
+            Row(
+                "LinearChainCRF.entropy()",
+                shape,
+                ms["entropy"],
+                "torch-struct entropy",
+                ms["ts entropy"],
+                cs["entropy"],
+                BATCH * STEPS * TAGS * F32,
+            ),
+            Row(
+                "Viterbi decode",
+                shape,
+                ms_b["viterbi"],
+                "torch-struct argmax",
+                ms["ts argmax"],
+                cs["viterbi"],
+                dec_bytes,
+            ),
+        ]
+    rows += [
+        Row(
+            "log Z fwd+bwd (grad of crf_log_partition), rescaled",
+            shape,
+            ms["logz"],
+            SYNJAX,
+            SYNJAX_LOGZ_GRAD_X * ms["logz"],
+            cs["logz"],
+            logz_bytes,
+            note=f"recorded ratio: SynJax = ours × {SYNJAX_LOGZ_GRAD_X}",
+        ),
+        Row(
+            "Viterbi decode",
+            shape,
+            ms["viterbi"],
+            SYNJAX,
+            SYNJAX_VITERBI_X * ms["viterbi"],
+            cs["viterbi"],
+            dec_bytes,
+            note=f"recorded ratio: SynJax = ours × {SYNJAX_VITERBI_X:g}",
+        ),
+    ]
+    return rows
+
+
+def bench_distribution(ctx: Ctx) -> list[Row]:
+    """LinearChainCRF entropy, KL, sample, top_k(5) vs SynJax's recorded figures."""
+    repeats = 5 if ctx.quick else 20
+    em, _, mask, params = _data(STEPS)
+    em2 = _data(STEPS, seed=1)[0]
+    args = tuple(jnp.asarray(a) for a in (em, *params))
+    em2 = jnp.asarray(em2)
+    key = jax.random.key(0)
+    shape = _shape(BATCH, STEPS)
+
+    def dist(em, g, s, e):
+        return LinearChainCRF(em, g, mask=mask, start=s, end=e)
+
+    fns = {
+        "kl": (
+            lambda em, em2, g, s, e: dist(em, g, s, e).kl_divergence(dist(em2, g, s, e)),
+            (args[0], em2, *args[1:]),
+        ),
+        "sample": (lambda key, em, g, s, e: dist(em, g, s, e).sample(key), (key, *args)),
+        "sample100": (lambda key, em, g, s, e: dist(em, g, s, e).sample(key, (100,)), (key, *args)),
+        "top5": (lambda em, g, s, e: dist(em, g, s, e).top_k(5), args),
+    }
+    compiled = {n: (*_compile(f, *a), a) for n, (f, a) in fns.items()}
+    compiled["entropy"] = (*_entropy(ctx, mask, args), args)
+    compiled["viterbi"] = (*_viterbi(ctx, mask, args), args)
+    names = list(compiled)
+    ms = dict(
+        zip(names, _medians_ms([_jax_sampler(c, *a) for c, _, a in compiled.values()], repeats))
+    )
+    cs = {n: compiled[n][1] for n in names}
+    em_bytes = BATCH * STEPS * TAGS * F32
+    path_bytes = BATCH * STEPS * 4
+
+    def vs_synjax(name, case, synjax_ms, min_bytes, goal=True, note=""):
+        speedup = synjax_ms / ms[name]
+        return Row(
+            case,
+            shape,
+            ms[name],
+            SYNJAX,
+            synjax_ms,
+            cs[name],
+            min_bytes,
+            "≥ 10×" if goal else "",
+            speedup >= 10 if goal else None,
+            note,
+        )
+
+    ratio = ms["top5"] / ms["viterbi"]
+    return [
+        vs_synjax("entropy", "LinearChainCRF.entropy()", SYNJAX_ENTROPY_MS, em_bytes),
+        vs_synjax(
+            "kl",
+            "LinearChainCRF.kl_divergence(other)",
+            SYNJAX_ENTROPY_MS,
+            2 * em_bytes,
+            note="compared with SynJax's entropy() figure",
+        ),
+        vs_synjax(
+            "sample",
+            "LinearChainCRF.sample(key), 1 sample",
+            SYNJAX_SAMPLE_MS,
+            em_bytes + path_bytes,
+        ),
+        vs_synjax(
+            "sample100",
+            "LinearChainCRF.sample(key, (100,))",
+            SYNJAX_SAMPLE_MS,
+            em_bytes + 100 * path_bytes,
+            goal=False,
+            note=f"vs SynJax's 1-sample figure; ours {ms['sample100'] / 100:.3f} ms per sample",
+        ),
+        vs_synjax(
+            "top5",
+            "LinearChainCRF.top_k(5)",
+            SYNJAX_TOPK_X * ms["top5"],
+            em_bytes + 5 * path_bytes,
+            goal=False,
+            note=f"recorded ratio: SynJax = ours × {SYNJAX_TOPK_X:g}",
+        ),
+        Row(
+            "LinearChainCRF.top_k(5)",
+            shape,
+            ms["top5"],
+            "our Viterbi (viterbi_decode)",
+            ms["viterbi"],
+            cs["top5"],
+            em_bytes + 5 * path_bytes,
+            "top_k / Viterbi ≤ 10×",
+            ratio <= 10,
+            f"top_k(5) / Viterbi = {ratio:.1f}×",
+        ),
+    ]
+
+
+def bench_holes(ctx: Ctx) -> list[Row]:
+    """CRF fwd+bwd: concrete right-padded mask vs the same with holes vs a traced mask."""
+    repeats = 5 if ctx.quick else 20
+    em, tags, mask, params = _data(STEPS)
+    args = tuple(jnp.asarray(a) for a in (em, *params))
+    holes = mask.copy()
+    holes[:, [0, 5]] = False
+
+    padded = ctx.compile("ll rescaled", _ll_grad(tags, mask), *args)
+    cases = [
+        ("right-padded mask (concrete)", padded, args),
+        ("mask with holes at 0 and 5 (concrete)", _compile(_ll_grad(tags, holes), *args), args),
+    ]
+    traced_args = (*args, jnp.asarray(mask))
+
+    def traced_loss(em, g, s, e, m):
+        return jax.grad(
+            lambda em, g, s, e: -jnp.sum(crf_log_likelihood(em, tags, g, m, s, e)), (0, 1, 2, 3)
+        )(em, g, s, e)
+
+    cases.append(
+        ("right-padded mask (traced argument)", _compile(traced_loss, *traced_args), traced_args)
+    )
+    ms = _medians_ms([_jax_sampler(c, *a) for _, (c, _), a in cases], repeats)
+    base = ms[0]
+    return [
+        Row(
+            f"CRF log-lik fwd+bwd, {name}",
+            _shape(BATCH, STEPS),
+            t,
+            "right-padded (concrete)",
+            base,
+            compile_s,
+            _fb_bytes(BATCH, STEPS),
+            note=f"ratio to right-padded {t / base:.2f}×",
+        )
+        for (name, (_, compile_s), _), t in zip(cases, ms)
+    ]
+
+
+def bench_algorithms(ctx: Ctx) -> list[Row]:
+    """grad of crf_log_partition: rescaled vs sequential vs parallel at long T."""
+    sizes = [(BATCH, 1024, 3 if ctx.quick else 10)]
+    algorithms = ["rescaled", "sequential", "parallel"]
+    if ctx.quick:
+        algorithms.remove("parallel")
+        ctx.messages.append("--quick: algorithms section skips T = 8,192 and 'parallel'.")
+    else:
+        sizes.append((8, 8192, 5))
+    rows = []
+    for batch, steps, repeats in sizes:
+        em, _, mask, params = _data(steps, batch)
+        args = tuple(jnp.asarray(a) for a in (em, *params))
+        compiled = []
+        for algorithm in algorithms:
+
+            def loss(em, g, s, e, mask=mask, algorithm=algorithm):
+                return jnp.sum(crf_log_partition(em, g, mask, s, e, algorithm=algorithm))
+
+            compiled.append(_compile(jax.grad(loss, (0, 1, 2, 3)), *args))
+        ms = _medians_ms([_jax_sampler(c, *args) for c, _ in compiled], repeats, warmup=1)
+        for algorithm, t, (_, compile_s) in zip(algorithms, ms, compiled):
+            rows.append(
+                Row(
+                    f"log Z fwd+bwd, {algorithm}",
+                    _shape(batch, steps),
+                    t,
+                    "our rescaled",
+                    ms[0],
+                    compile_s,
+                    _fb_bytes(batch, steps, tags=False),
+                    note=f"ratio to rescaled {t / ms[0]:.2f}×",
+                )
+            )
+    return rows
+
+
+def bench_memory(ctx: Ctx) -> list[MemRow]:
+    """Peak memory (compiled memory_analysis) and time at T = 16,384, B = 8."""
+    batch, steps = 8, 16384
+    em, tags, mask, params = _data(steps, batch)
+    args = tuple(jnp.asarray(a) for a in (em, *params))
+    cases = [
+        ("rescaled", "rescaled", False),
+        ("sequential", "sequential", False),
+        ("sequential, checkpoint=True", "sequential", True),
+    ]
+    compiled = [_compile(_ll_grad(tags, mask, a, c), *args) for _, a, c in cases]
+    if ctx.quick:
+        ctx.messages.append("--quick: memory section not timed (memory_analysis only).")
+        ms = [NAN] * len(cases)
+    else:
+        ms = _medians_ms([_jax_sampler(c, *args) for c, _ in compiled], 3, warmup=1)
+    mems = [c.memory_analysis() for c, _ in compiled]
+    base = mems[0].temp_size_in_bytes
+    return [
+        MemRow(
+            f"CRF log-lik fwd+bwd, {name}",
+            _shape(batch, steps),
+            m.temp_size_in_bytes,
+            m.argument_size_in_bytes,
+            m.output_size_in_bytes,
+            m.temp_size_in_bytes / base,
+            t,
+            compile_s,
+        )
+        for (name, _, _), m, t, (_, compile_s) in zip(cases, mems, ms, compiled)
+    ]
+
+
+def bench_memm(ctx: Ctx) -> list[Row]:
+    """Bi-MEMM loss fwd+bwd vs our CRF (rescaled) fwd+bwd."""
+    repeats = 5 if ctx.quick else 20
+    em, tags, mask, params = _data(STEPS)
+    args = tuple(jnp.asarray(a) for a in (em, *params))
 
     def memm_loss(em, g):
         return -jnp.sum(memm_log_likelihood(em, tags, g, mask, direction="both"))
 
-    ms, compile_s = timed(jax.grad(memm_loss, argnums=(0, 1)), *args[:2])
-    peer = "our CRF (rescaled)"
-    rows.append(("Bi-MEMM loss fwd+bwd", num_steps, ms, peer, crf_ms["rescaled"], compile_s))
-    return rows
+    memm, memm_s = _compile(jax.grad(memm_loss, argnums=(0, 1)), *args[:2])
+    crf, _ = ctx.compile("ll rescaled", _ll_grad(tags, mask), *args)
+    ours, peer = _medians_ms([_jax_sampler(memm, *args[:2]), _jax_sampler(crf, *args)], repeats)
+    return [
+        Row(
+            "Bi-MEMM loss fwd+bwd",
+            _shape(BATCH, STEPS),
+            ours,
+            "our CRF fwd+bwd (rescaled)",
+            peer,
+            memm_s,
+            _fb_bytes(BATCH, STEPS),
+            "faster than CRF",
+            ours < peer,
+        )
+    ]
 
 
-def run(quick: bool) -> list[tuple]:
-    rows = _bench_length(128, 5 if quick else 20, quick)
-    return rows + _bench_length(1024, 3 if quick else 10, quick)
+SECTIONS: dict[str, Callable[[Ctx], list]] = {
+    "crf": bench_crf,
+    "distribution": bench_distribution,
+    "holes": bench_holes,
+    "algorithms": bench_algorithms,
+    "memory": bench_memory,
+    "memm": bench_memm,
+}
 
 
-def main() -> None:
+# ------------------------------------------------------------------------- output
+
+
+def _fmt_ms(ms: float) -> str:
+    return "—" if math.isnan(ms) else f"{ms:.3f}"
+
+
+def format_rows(rows: Sequence[Row], bandwidth: float) -> str:
+    lines = [
+        "| case | shape | ours ms | peer | peer ms | speed-up (peer/ours) | goal | met "
+        "| compile s | min bytes | % of copy bw | note |",
+        "|---|---|---:|---|---:|---:|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "no")
+        if math.isnan(r.speedup):
+            speedup = "—"
+        else:
+            speedup = f"{r.speedup:.1f}×" if r.speedup >= 0.95 else f"{r.speedup:.2g}×"
+        pct = 100 * r.min_bytes / (r.ours_ms * 1e-3) / bandwidth
+        lines.append(
+            f"| {r.case} | {r.shape} | {_fmt_ms(r.ours_ms)} | {r.peer} | {_fmt_ms(r.peer_ms)} "
+            f"| {speedup} | {r.goal} | {met} | {r.compile_s:.2f} | {r.min_bytes / 2**20:.2f} MiB "
+            f"| {pct:.2f}% | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def format_memory(rows: Sequence[MemRow]) -> str:
+    mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
+    lines = [
+        "| case | shape | temp MiB | argument MiB | output MiB | total MiB "
+        "| temp / rescaled | ms | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.shape} | {mib(r.temp)} | {mib(r.args)} | {mib(r.out)} "
+            f"| {mib(r.temp + r.args + r.out)} | {r.ratio:.3f} | {_fmt_ms(r.ms)} "
+            f"| {r.compile_s:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"run only the sections whose name contains this ({', '.join(SECTIONS)})",
+    )
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}; batch {BATCH}, {TAGS} tags; "
-        "median ms after warm-up"
+        f"{platform.processor() or platform.machine()}; median ms after warm-up, sampled "
+        "round-robin in one process"
     )
-    rows = run(args.quick)
-    print("\n| case | T | ours ms | peer | peer ms | speed-up | compile s |")
-    print("|---|---:|---:|---|---:|---:|---:|")
-    for name, num_steps, ours, peer, peer_ms, compile_s in rows:
+    bandwidth = copy_bandwidth(3 if args.quick else 5)
+    print(
+        "copy bandwidth (jitted x + 1.0 over 256 MB float32, bytes read + written): "
+        f"{bandwidth / 1e9:.1f} GB/s"
+    )
+    ctx = Ctx(args.quick)
+    rows: list[Row] = []
+    mem_rows: list[MemRow] = []
+    for name, section in SECTIONS.items():
+        if args.only in name:
+            out = section(ctx)
+            (mem_rows if name == "memory" else rows).extend(out)
+    for message in ctx.messages:
+        print(message)
+    if any(r.peer == SYNJAX for r in rows):
         print(
-            f"| {name} | {num_steps} | {ours:.3f} | {peer} | {peer_ms:.3f} | "
-            f"{peer_ms / ours:.1f}x | {compile_s:.2f} |"
+            "\nSynJax columns are figures recorded earlier on B=32, T=128, K=20 on this "
+            "machine, not measured in this run."
         )
+    if rows:
+        print("\n" + format_rows(rows, bandwidth))
+    if mem_rows:
+        print("\nPeak memory: compiled memory_analysis(); temp = XLA scratch buffers.")
+        print(format_memory(mem_rows))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
