@@ -175,10 +175,11 @@ def sample(inputs, key, *, holes, sample_shape):
 
 
 def _expected_score(unary, counts, q: Compact) -> jax.Array:
-    """``E_p[score_q(y)]`` ``[N]`` from p's marginals; ``0 · (-inf)`` counts as 0."""
+    """``E_p[score_q(y)]`` ``[N]`` from p's marginals; ``0 · (-inf)`` counts as 0, a NaN
+    marginal stays NaN."""
 
     def dot(p, s, axes):
-        return jnp.sum(jnp.where(p > 0, p * s, 0), axis=axes)
+        return jnp.sum(jnp.where(p != 0, p * s, 0), axis=axes)
 
     last = jnp.take_along_axis(unary, jnp.maximum(q.lengths - 1, 0)[:, None, None], axis=1)
     return (

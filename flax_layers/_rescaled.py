@@ -257,8 +257,9 @@ def _combine(left, right):
     return prod / peak[..., None, None], a_scale + b_scale + jnp.log(peak), supp, ok
 
 
-def log_partition_parallel(x, g, start, end, lengths):
-    """``log Z`` ``[N]`` by a tree of rescaled matrix products (exact log-space fallback)."""
+def _parallel_fast(x, g, start, end, lengths):
+    """``(log Z [N], ok)`` from the tree of rescaled products; ``ok`` certifies no entry
+    that the supports say is reachable underflowed to zero."""
     batch, num_steps, _ = x.shape
     h0 = start + x[:, 0]
     h0_max = jnp.max(h0, axis=-1, keepdims=True)
@@ -276,15 +277,50 @@ def log_partition_parallel(x, g, start, end, lengths):
         alpha = _matmul(alpha[:, None, :], prod)[:, 0]
         scale = scale + prod_scale
         ok = jnp.all(prod_ok)
-        reach = (_matmul((h0 > -jnp.inf).astype(x.dtype)[:, None, :], prod_supp)[:, 0] > 0) & (
-            end > -jnp.inf
-        )
+        start_supp = (h0 > -jnp.inf).astype(x.dtype)[:, None, :]
+        reach = (_matmul(start_supp, prod_supp)[:, 0] > 0) & (end > -jnp.inf)
         reach = jnp.any(reach, axis=-1)
     z = jnp.sum(alpha * omega, axis=-1)
     ok = ok & jnp.all((z > 0) | ~reach)
     pos = z > 0
-    fast = jnp.where(pos, jnp.log(jnp.where(pos, z, 1)) + scale, -jnp.inf)
-    fast = jnp.where(lengths > 0, fast, 0)
-    return lax.cond(
-        ok, lambda: fast, lambda: associative_scan(Log(), x, g, start, end, lengths)[:, 0]
-    )
+    log_z = jnp.where(pos, jnp.log(jnp.where(pos, z, 1)) + scale, -jnp.inf)
+    return jnp.where(lengths > 0, log_z, 0), ok
+
+
+def _parallel_exact(x, g, start, end, lengths):
+    return associative_scan(Log(), x, g, start, end, lengths)[:, 0]
+
+
+@jax.custom_vjp
+def log_partition_parallel(x, g, start, end, lengths):
+    """``log Z`` ``[N]`` by a tree of rescaled matrix products (exact log-space fallback).
+
+    Its gradient differentiates the same tree (or, where the forward pass fell back, the
+    exact one) inside a :func:`jax.lax.cond`, so no residual of the untaken branch is
+    materialised.
+    """
+    return _parallel_fwd(x, g, start, end, lengths)[0]
+
+
+def _parallel_fwd(x, g, start, end, lengths):
+    fast, ok = _parallel_fast(x, g, start, end, lengths)
+    log_z = lax.cond(ok, lambda: fast, lambda: _parallel_exact(x, g, start, end, lengths))
+    return log_z, (x, g, start, end, lengths, ok, log_z)
+
+
+def _parallel_bwd(res, ct):
+    x, g, start, end, lengths, ok, log_z = res
+    ct = jnp.where(log_z == -jnp.inf, 0, ct)
+
+    def grads(fn):
+        def run():
+            _, vjp = jax.vjp(lambda *a: fn(*a, lengths), x, g, start, end)
+            return vjp(ct)
+
+        return run
+
+    fast = lambda *a: _parallel_fast(*a)[0]
+    return (*lax.cond(ok, grads(fast), grads(_parallel_exact)), None)
+
+
+log_partition_parallel.defvjp(_parallel_fwd, _parallel_bwd)

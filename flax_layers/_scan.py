@@ -96,14 +96,22 @@ def sequential_scan(
     def step(alpha, inputs):
         f, v, g_t = inputs
         edge = (g_t if per_step else g)[..., None]
-        new, arg = semiring.sum(alpha[:, :, None, :] + edge, axis=1)
-        alpha = jnp.where(v[:, None, None], new + f[..., None], alpha)
+        keep = v[:, None, None]
+        # Rows past their length pass alpha through; cutting the gradient of their step
+        # keeps a NaN transition (which their result does not use) out of their gradients.
+        cand = alpha[:, :, None, :] + edge
+        cand = jnp.where(keep[..., None], cand, lax.stop_gradient(cand))
+        new, arg = semiring.sum(cand, axis=1)
+        alpha = jnp.where(keep, new + f[..., None], alpha)
         return alpha, (arg if keep_pointers else None, alpha if keep_alphas else None)
 
     xs = (xt[1:], valid[1:], g[1:] if per_step else None)
     alpha, (pointers, alphas) = blocked_scan(step, alpha0, xs, checkpoint)
-    total, final_arg = semiring.sum(alpha + end[None, :, None], axis=1)
-    total = jnp.where((lengths > 0)[:, None], total, one(semiring, (batch,), total.dtype))
+    final = alpha + end[None, :, None]
+    nonempty = (lengths > 0)[:, None]
+    final = jnp.where(nonempty[..., None], final, lax.stop_gradient(final))
+    total, final_arg = semiring.sum(final, axis=1)
+    total = jnp.where(nonempty, total, one(semiring, (batch,), total.dtype))
     if keep_alphas:
         alphas = jnp.concatenate([alpha0[None], alphas])
     return ScanResult(total, final_arg if keep_pointers else None, pointers, alphas)
