@@ -45,11 +45,12 @@ def check_emissions(fn: str, emissions) -> jax.Array:
     return emissions
 
 
-def check_square(fn: str, transitions, num_tags: int) -> jax.Array:
+def check_square(fn: str, transitions, num_tags: int, alternative: str = "") -> jax.Array:
+    """``[K, K]`` floating transitions (``alternative`` names another accepted form)."""
     transitions = jnp.asarray(transitions)
     if transitions.shape != (num_tags, num_tags):
         raise ValueError(
-            f"{fn}: transitions must have shape [K, K] = ({num_tags}, {num_tags}), "
+            f"{fn}: transitions must have shape [K, K] = ({num_tags}, {num_tags}){alternative}, "
             f"got {transitions.shape}."
         )
     if not jnp.issubdtype(transitions.dtype, jnp.floating):
@@ -258,10 +259,12 @@ def compact(inputs: ChainInputs, holes: bool) -> Compact:
     dtype = compute_dtype(em, g, start, end)
     x, lengths, position, order, mask = compact_rows(em, mask, holes, dtype)
     g, start, end = (a.astype(dtype) for a in (g, start, end))
+    # NaN tests by sums (one fused reduction each): a sum is NaN when a term is NaN (or
+    # when +inf meets -inf, an indeterminate row either way); -inf scores stay -inf.
     nan_rows = (
-        jnp.any(jnp.isnan(x), axis=(1, 2))
-        | ((lengths > 0) & (jnp.any(jnp.isnan(start)) | jnp.any(jnp.isnan(end))))
-        | ((lengths > 1) & jnp.any(jnp.isnan(g)))
+        jnp.isnan(jnp.sum(x, axis=(1, 2)))
+        | ((lengths > 0) & jnp.isnan(jnp.sum(start) + jnp.sum(end)))
+        | ((lengths > 1) & jnp.isnan(jnp.sum(g)))
     )
     return Compact(x, g, start, end, lengths, position, order, mask, nan_rows)
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax_layers._chain import (
     check_emissions,
     check_mask,
+    check_square,
     check_tags,
     compact_rows,
     compute_dtype,
@@ -66,15 +67,7 @@ def _check_transitions(fn: str, transitions, num_tags: int):
             if not jnp.issubdtype(m.dtype, jnp.floating):
                 raise TypeError(f"{fn}: transitions {name} must be floating, got {m.dtype}.")
         return "low_rank", (left, right)
-    g = jnp.asarray(transitions)
-    if g.shape != (num_tags, num_tags):
-        raise ValueError(
-            f"{fn}: transitions must have shape [K, K] = ({num_tags}, {num_tags}) or be a "
-            f"low-rank pair (L, R), got {g.shape}."
-        )
-    if not jnp.issubdtype(g.dtype, jnp.floating):
-        raise TypeError(f"{fn}: transitions must be floating, got dtype {g.dtype}.")
-    return "full", g
+    return "full", check_square(fn, transitions, num_tags, " or be a low-rank pair (L, R)")
 
 
 def memm_transition_matrix(transitions: Transitions) -> jax.Array:
