@@ -43,9 +43,16 @@
 # `lr_multiplier` (SPEC §6) stores $g/m$ and uses $m \cdot$ stored, so under Adam the
 # transitions move $m$ times faster; $m = 1$ (plain) and $m = 10$.
 #
+# **Confidence.** The constrained CRF is a probability distribution over valid tag
+# sequences, so besides its best path it gives tag marginals $P(y_t = k|x)$ and an exact
+# sequence entropy $H(y|x)$. From them: a confidence for every predicted entity and
+# character, checked with reliability diagrams and the expected calibration error (ECE),
+# and each sentence's entropy against its error rate (Spearman rank correlation).
+#
 # Library API used: `flax_layers.sequence_tagging.CRF` (NNX head: `loss`, `scores`,
 # `lr_multiplier`), `flax_layers.crf.viterbi_decode`,
-# `flax_layers.tag_schemes.allowed_transitions` / `mask_transitions`.
+# `flax_layers.tag_schemes.allowed_transitions` / `mask_transitions`,
+# `flax_layers.LinearChainCRF` (`argmax`, `marginals`, `transition_marginals`, `entropy`).
 
 # %%
 # Setup: on Colab install the project; in a local checkout make the repository importable.
@@ -88,6 +95,9 @@ LEARNING_RATE = 3e-3
 TRANSITION_LR_MULTIPLIERS = (1.0, 10.0)  # two models: plain, and transitions learning 10x faster
 SEED = 0
 MIN_F1 = 0.78 if QUICK else 0.85  # the constrained entity F1 must exceed this
+CALIBRATION_BINS = 10  # equal-width confidence bins of the reliability diagrams
+MAX_ECE = 0.08  # the entity confidences' expected calibration error must stay below this
+MIN_SPEARMAN = 0.2  # rank correlation of sentence entropy and error rate must exceed this
 
 # %%
 import functools
@@ -104,6 +114,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from colabs import corpora
+from flax_layers import LinearChainCRF
 from flax_layers.crf import viterbi_decode
 from flax_layers.sequence_tagging import CRF
 from flax_layers.tag_schemes import allowed_transitions, mask_transitions
@@ -380,13 +391,14 @@ def train(multiplier: float) -> dict:
             + ", ".join(f"{d} F1 {scores[d]['f1']:.4f}" for d in DECODERS)
         )
     step = float(np.median(step_seconds[1:]))
-    scores_ = nnx.merge(graphdef, params).crf.scores()
+    model = nnx.merge(graphdef, params)
     return dict(
+        model=model,
         history=history,
         final=history[-1],
         step_ms=1e3 * step,
         compile_s=step_seconds[0] - step,
-        scores=tuple(np.asarray(a) for a in scores_),
+        scores=tuple(np.asarray(a) for a in model.crf.scores()),
     )
 
 
@@ -468,39 +480,345 @@ fig.savefig(OUT / "f1_and_transitions.png", dpi=120)
 #
 # | entity F1 (invalid BIO sentences) | quick: 5,000 sentences, 3 epochs | full: 17,536 sentences, 6 epochs |
 # |---|---|---|
-# | $m = 1$: emission argmax | 0.749 (222 / 1,000) | 0.836 (425 / 1,948) |
-# | $m = 1$: CRF Viterbi | 0.811 (68) | 0.925 (20) |
-# | $m = 1$: CRF Viterbi, constrained | **0.828** (0) | **0.927** (0) |
-# | $m = 10$: emission argmax | 0.441 (511) | 0.358 (1,234) |
-# | $m = 10$: CRF Viterbi | 0.853 (1) | 0.929 (1) |
-# | $m = 10$: CRF Viterbi, constrained | **0.854** (0) | **0.929** (0) |
+# | $m = 1$: emission argmax | 0.754 (228 / 1,000) | 0.834 (480 / 1,948) |
+# | $m = 1$: CRF Viterbi | 0.813 (77) | 0.927 (12) |
+# | $m = 1$: CRF Viterbi, constrained | **0.828** (0) | **0.928** (0) |
+# | $m = 10$: emission argmax | 0.444 (504) | 0.355 (1,311) |
+# | $m = 10$: CRF Viterbi | 0.851 (1) | 0.930 (1) |
+# | $m = 10$: CRF Viterbi, constrained | **0.852** (0) | **0.930** (0) |
 #
 # * Constrained decoding never produced an invalid sequence and never lowered the F1. Its
 #   gain is largest when the transitions are under-trained: with $m = 1$ plain Viterbi
-#   still emits invalid sequences (68 sentences in quick mode, 20 in the full run) and the
-#   constraints add 1.6 and 0.25 F1 points, precision gaining more than recall.
+#   still emits invalid sequences (77 sentences in quick mode, 12 in the full run) and the
+#   constraints add 1.6 and 0.12 F1 points, precision gaining more than recall.
 # * With $m = 10$ the forbidden transitions are learned strongly negative (mean score
 #   about -1.4 quick / -2.4 full, against -0.3 / -0.9 with $m = 1$), unconstrained Viterbi
 #   leaves one invalid sentence and the constraints change the F1 by 0.001 or less. The
-#   faster transitions also gave the best F1 in quick mode (0.854 vs 0.828); in the full
-#   run the two models end close (0.929 vs 0.927).
+#   faster transitions also gave the best F1 in quick mode (0.852 vs 0.828); in the full
+#   run the two models end close (0.930 vs 0.928).
 # * The emission scores alone are a poor tagger, and a much worse one when the transitions
 #   learn fast: the model then relies on $g$ to rule out bad tag pairs, so its emissions
 #   are no longer calibrated per character. Decoding a CRF by argmax is not an option.
-# * The full run trains past its best epoch (entity F1 peaks at epoch 4 for $m = 1$); no
+# * The full run trains past its best epoch (entity F1 peaks at epoch 5 for $m = 1$, epoch 4 for $m = 10$); no
 #   early stopping is used, the last epoch is reported.
+
+# %% [markdown]
+# ## Confidence from the CRF marginals
+#
+# The constrained CRF is a distribution over valid BIO sequences,
+# $P(y|x) \propto \exp \mathrm{score}(y)$ with the forbidden transitions / starts at
+# $-\infty$. `flax_layers.LinearChainCRF(emissions, g_c, mask=mask, start=s_c, end=e_c)`
+# wraps these constrained scores: its `argmax()` is the constrained Viterbi path scored
+# above, and its `marginals()` are $\mu_t(k) = P(y_t = k|x)$ from forward-backward, so the
+# decoded tags and their confidences come from one model.
+#
+# * **Token confidence**: $\max_k \mu_t(k)$, checked against the accuracy of the tag
+#   $\arg\max_k \mu_t(k)$ (the max-marginal tag; it is the Viterbi tag at almost every
+#   character, the agreement is printed).
+# * **Entity confidence**: for a predicted entity $(X, s, e)$ (Viterbi tags
+#   $\hat y_s = $ `B-X`, $\hat y_{s+1..e-1} = $ `I-X`), the **product** of the marginals of
+#   the predicted tags, $c = \prod_{t=s}^{e-1} \mu_t(\hat y_t)$. This is an *approximation*
+#   of the probability that the span is right: it treats the positions as independent and
+#   ignores the character after the span (an `I-X` there would make the entity longer).
+#   The posterior of a linear-chain CRF is a Markov chain, so the exact probability
+#   follows from the pair marginals $\xi_t(i, j) = P(y_{t-1} = i, y_t = j | x)$
+#   (`transition_marginals()`):
+#   $P = \mu_s(\hat y_s) \prod_{t=s+1}^{e-1} \frac{\xi_t(\hat y_{t-1}, \hat y_t)}{\mu_{t-1}(\hat y_{t-1})}
+#   \cdot \Big(1 - \frac{\xi_e(\hat y_{e-1}, \texttt{I-X})}{\mu_{e-1}(\hat y_{e-1})}\Big)$
+#   (last factor only when the chunk goes on). The table compares the product, the
+#   minimum over the span and this exact probability.
+# * **Reliability diagram**: the confidences are cut into `CALIBRATION_BINS` equal-width
+#   bins; per bin, the mean confidence against the accuracy, here the fraction of predicted
+#   entities that are correct (exact span and type, as in the F1). The **expected
+#   calibration error** is $\mathrm{ECE} = \sum_b \frac{n_b}{N} |\mathrm{acc}_b - \mathrm{conf}_b|$.
+# * **Sentence entropy**: `entropy()` is the exact entropy $H(y|x)$ of the CRF's sequence
+#   distribution (not a sum of per-character entropies). The chunks of a sentence are
+#   decoded independently, so the sentence's entropy is the sum over its chunks. Against
+#   it, the sentence's error rate (wrong Viterbi tags / characters) and their Spearman rank
+#   correlation (Pearson correlation of the ranks, ties averaged).
+#
+# First, on the small random problem of the Viterbi check, the library's marginals and
+# entropy under the constraints must equal those of the enumerated valid paths.
+
+# %%
+
+
+@jax.jit
+def posterior(emissions, transitions, start, end, mask):
+    """Constrained CRF: Viterbi tags (two ways), tag / pair marginals, sequence entropy."""
+    g, s, e = constrain(transitions, start, end)
+    dist = LinearChainCRF(emissions, g, mask=mask, start=s, end=e)
+    tags, _ = dist.argmax()
+    viterbi, _ = viterbi_decode(emissions, g, mask, s, e)
+    return tags, viterbi, dist.marginals(), dist.transition_marginals(), dist.entropy()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encode(graphdef, state, ids, mask):
+    """Emission scores; one compilation for both models (same encoder structure)."""
+    return nnx.merge(graphdef, state)(ids, mask)
+
+
+def rank(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties get the mean of their ranks."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+
+def spearman(x, y) -> float:
+    return float(np.corrcoef(rank(np.asarray(x)), rank(np.asarray(y)))[0, 1])
+
+
+def reliability(confidence, correct, bins: int = CALIBRATION_BINS) -> dict:
+    """Per equal-width bin: count, mean confidence, accuracy; and the ECE."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    which = np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1])
+    count = np.bincount(which, minlength=bins)
+    conf = np.bincount(which, confidence, bins) / np.maximum(count, 1)
+    acc = np.bincount(which, correct, bins) / np.maximum(count, 1)
+    ece = float(np.sum(count * np.abs(acc - conf)) / count.sum())
+    return dict(count=count, confidence=conf, accuracy=acc, ece=ece)
+
+
+# The brute-force check: 4 characters, all valid BIO paths enumerated.
+rng = np.random.default_rng(1)
+f = rng.normal(scale=2.0, size=(4, NUM_TAGS)).astype(np.float32)
+g, s0, s1 = (
+    rng.normal(size=shape).astype(np.float32)
+    for shape in [(NUM_TAGS, NUM_TAGS), (NUM_TAGS,), (NUM_TAGS,)]
+)
+path_scores = (
+    f[np.arange(4), valid_paths].sum(1)
+    + g[valid_paths[:, :-1], valid_paths[:, 1:]].sum(1)
+    + s0[valid_paths[:, 0]]
+    + s1[valid_paths[:, -1]]
+)
+p_path = np.exp(path_scores - path_scores.max())
+p_path /= p_path.sum()
+_, _, small_marginals, small_pairs, small_entropy = posterior(
+    f[None], g, s0, s1, np.ones((1, 4), bool)
+)
+brute_marginals = np.stack([np.bincount(valid_paths[:, t], p_path, NUM_TAGS) for t in range(4)])
+brute_pairs = np.zeros((3, NUM_TAGS, NUM_TAGS))
+for t in range(3):
+    np.add.at(brute_pairs[t], (valid_paths[:, t], valid_paths[:, t + 1]), p_path)
+brute_entropy = -np.sum(p_path * np.log(p_path))
+posterior_brute_force_ok = bool(
+    np.allclose(small_marginals[0], brute_marginals, atol=1e-5)
+    and np.allclose(small_pairs[0, 1:], brute_pairs, atol=1e-5)  # entry t: (y_{t-1}, y_t)
+    and not np.any(small_pairs[0, 0])
+    and np.isclose(float(small_entropy[0]), brute_entropy, atol=1e-4)
+)
+print(
+    f"constrained marginals / pair marginals / entropy = enumeration over the "
+    f"{len(valid_paths)} valid paths: {posterior_brute_force_ok} (entropy "
+    f"{float(small_entropy[0]):.5f} vs {brute_entropy:.5f} nats)"
+)
+
+# %% [markdown]
+# Now the held-out chunks, for both trained models.
+
+# %%
+
+
+def confidence_analysis(run: dict) -> dict:
+    """Entity / token confidences, reliability, sentence entropy vs error rate."""
+    emissions = encode(*nnx.split(run["model"].encoder), test_ids, test_mask)
+    tags, viterbi, marginals, pairs, entropy = (
+        np.asarray(a) for a in posterior(emissions, *run["scores"], test_mask)
+    )
+    lengths = test_mask.sum(1)
+    valid = test_mask
+    sums = marginals.sum(-1)
+    checks = dict(
+        finite=bool(np.isfinite(marginals).all() and np.isfinite(pairs).all())
+        and bool(np.isfinite(entropy).all()),
+        sum_error=float(np.abs(sums[valid] - 1).max()),
+        masked_max=float(np.abs(marginals[~valid]).max(initial=0.0)),
+        pair_error=float(  # pairs[:, t] = P(y_{t-1}, y_t): both sums give the marginals
+            max(
+                np.abs(pairs[:, 1:].sum(-1) - marginals[:, :-1])[valid[:, 1:]].max(),
+                np.abs(pairs[:, 1:].sum(-2) - marginals[:, 1:])[valid[:, 1:]].max(),
+            )
+        ),
+        first_pair_zero=not np.any(pairs[:, 0]),
+        entropy_min=float(entropy.min()),
+        argmax_is_viterbi=bool(np.array_equal(tags, viterbi)),
+    )
+    gold_sets = dict(zip(test_idx, map(set, gold_spans), strict=True))
+    entity = dict(product=[], minimum=[], exact=[], correct=[])
+    for row, ((i, offset), n) in enumerate(zip(test_where, lengths, strict=True)):
+        y = tags[row, :n]
+        mu = marginals[row, np.arange(n), y]  # marginal of the predicted tag
+        for kind, s, e in corpora.bio_spans([TAGS[k] for k in y]):
+            exact = mu[s] * np.prod(
+                pairs[row, np.arange(s + 1, e), y[s : e - 1], y[s + 1 : e]] / mu[s : e - 1]
+            )
+            if e < n:  # the next character must not continue the entity
+                exact *= 1 - pairs[row, e, y[e - 1], TAGS.index(f"I-{kind}")] / mu[e - 1]
+            entity["product"].append(np.prod(mu[s:e]))
+            entity["minimum"].append(mu[s:e].min())
+            entity["exact"].append(exact)
+            entity["correct"].append((kind, offset + s, offset + e) in gold_sets[i])
+    entity = {k: np.array(v) for k, v in entity.items()}
+    token_tags = marginals.argmax(-1)
+    token_conf = marginals.max(-1)[valid]
+    token_correct = (token_tags == test_tags)[valid]
+    sentence = np.searchsorted(np.sort(test_idx), test_where[:, 0])  # chunk -> sentence
+    per_sentence = functools.partial(np.bincount, sentence, minlength=len(test_idx))
+    sentence_entropy = per_sentence(entropy)
+    error_rate = per_sentence(((tags != test_tags) & valid).sum(1)) / per_sentence(lengths)
+    return dict(
+        checks=checks,
+        entity=entity,
+        reliability={
+            k: reliability(entity[k], entity["correct"]) for k in entity if k != "correct"
+        },
+        token=reliability(token_conf, token_correct),
+        token_accuracy=float(token_correct.mean()),
+        token_is_viterbi=float((token_tags == tags)[valid].mean()),
+        precision=float(entity["correct"].mean()),
+        sentence_entropy=sentence_entropy,
+        error_rate=error_rate,
+        spearman=spearman(sentence_entropy, error_rate),
+        spearman_per_char=spearman(sentence_entropy / per_sentence(lengths), error_rate),
+    )
+
+
+t0 = time.perf_counter()
+confidence = {m: confidence_analysis(run) for m, run in runs.items()}
+confidence_seconds = time.perf_counter() - t0
+print(f"confidence analysis of {len(runs)} models in {confidence_seconds:.1f}s")
+for m, c in confidence.items():
+    print(f"multiplier {m:g}, marginal checks: {c['checks']}")
+print(
+    "\n| multiplier | entities | precision | ECE product | ECE min | ECE exact "
+    "| mean conf. product / exact / min | token ECE | Spearman(H, error) | per character |"
+)
+print("|---|---|---|---|---|---|---|---|---|---|")
+for m, c in confidence.items():
+    r, e = c["reliability"], c["entity"]
+    print(
+        f"| {m:g} | {len(e['correct'])} | {c['precision']:.4f} | {r['product']['ece']:.4f} "
+        f"| {r['minimum']['ece']:.4f} | {r['exact']['ece']:.4f} | {e['product'].mean():.3f} / "
+        f"{e['exact'].mean():.3f} / {e['minimum'].mean():.3f} | {c['token']['ece']:.4f} "
+        f"| {c['spearman']:.3f} | {c['spearman_per_char']:.3f} |"
+    )
+
+# %%
+fig, axes = plt.subplots(
+    2, 2, figsize=(11, 6.5), height_ratios=(3, 1), sharex=True, layout="constrained"
+)
+centres = (np.arange(CALIBRATION_BINS) + 0.5) / CALIBRATION_BINS
+width = 0.8 / CALIBRATION_BINS / len(runs)
+for col, (title, get) in enumerate(
+    [
+        (
+            "entities: product of the predicted tags' marginals",
+            lambda c: c["reliability"]["product"],
+        ),
+        ("characters: max marginal", lambda c: c["token"]),
+    ]
+):
+    top, bottom = axes[:, col]
+    top.plot([0, 1], [0, 1], ":", color="k", label="perfect calibration")
+    for k, ((m, c), color) in enumerate(
+        zip(confidence.items(), ("tab:blue", "tab:orange"), strict=False)
+    ):
+        r = get(c)
+        used = r["count"] > 0
+        top.plot(
+            r["confidence"][used],
+            r["accuracy"][used],
+            "-o",
+            color=color,
+            label=f"multiplier {m:g}: ECE {r['ece']:.3f}",
+        )
+        bottom.bar(centres + (k - (len(runs) - 1) / 2) * width, r["count"], width, color=color)
+    top.set(ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.set(xlabel="confidence (bin mean above, bin centre below)", ylabel="count", yscale="log")
+    bottom.grid(alpha=0.3)
+fig.savefig(OUT / "reliability.png", dpi=120)
+
+# %%
+fig, axes = plt.subplots(
+    1, len(runs), figsize=(5.5 * len(runs), 4.2), sharey=True, layout="constrained"
+)
+for ax, (m, c) in zip(axes, confidence.items(), strict=True):
+    h = np.maximum(c["sentence_entropy"], 1e-4)
+    ax.scatter(h, c["error_rate"], s=8, alpha=0.4)
+    edges = np.quantile(h, np.linspace(0, 1, 11))
+    which = np.clip(np.digitize(h, edges[1:-1]), 0, 9)
+    ax.plot(
+        [np.median(h[which == b]) for b in range(10)],
+        [c["error_rate"][which == b].mean() for b in range(10)],
+        "-o",
+        color="tab:red",
+        label="mean error rate per entropy decile",
+    )
+    ax.set(
+        xscale="log",
+        xlabel="sentence entropy H(y|x) (nats; floored at 1e-4)",
+        title=f"multiplier {m:g}: Spearman {c['spearman']:.3f}",
+    )
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+axes[0].set_ylabel("sentence error rate (symlog: linear below 0.01)")
+fig.savefig(OUT / "entropy_vs_error.png", dpi=120)
+
+# %% [markdown]
+# **Reading the result.** Figures measured with this notebook on a shared 2-core CPU:
+#
+# | | quick, $m = 1$ | quick, $m = 10$ | full, $m = 1$ | full, $m = 10$ |
+# |---|---|---|---|---|
+# | predicted entities (precision) | 2,369 (0.848) | 2,340 (0.877) | 5,607 (0.927) | 5,509 (0.937) |
+# | mean entity confidence: product / exact / min | 0.880 / 0.880 / 0.909 | 0.857 / 0.885 / 0.908 | 0.959 / 0.966 / 0.973 | 0.952 / 0.967 / 0.972 |
+# | entity ECE: **product** | **0.055** | 0.040 | **0.035** | 0.026 |
+# | entity ECE: exact / min | 0.032 / 0.062 | 0.015 / 0.032 | 0.039 / 0.047 | 0.030 / 0.035 |
+# | character ECE (max marginal) | 0.007 | 0.004 | 0.005 | 0.004 |
+# | Spearman(sentence entropy, error rate) | **0.603** | 0.561 | **0.563** | 0.549 |
+# | the same with entropy per character | 0.538 | 0.485 | 0.516 | 0.489 |
+#
+# * The marginals are usable confidences. In quick mode ($m = 1$) 72% of the predicted
+#   entities have a product confidence above 0.9 and are right 95% of the time (mean
+#   confidence 0.98, a little over-confident); from 0.5 to 0.9 the product over-states the
+#   accuracy by 8-14 points, and below 0.5 the accuracy is flat at 44-53%, so there the
+#   product no longer ranks the entities and is under-confident.
+# * The product is only an approximation of the span probability, and it errs both ways:
+#   treating the positions as independent under-states the joint probability of tags that
+#   go together, ignoring the character after the span over-states it. The exact
+#   probability (from the pair marginals) can never exceed the minimum, which is always
+#   the highest of the three scores. Which of product and exact calibrates
+#   better depends on the model: exact in quick mode (0.032 vs 0.055 for $m = 1$), the
+#   product in the full run, where all three scores are over-confident (mean 0.96-0.97
+#   for a precision of 0.93) and the product, the lowest, comes closest.
+# * Per character, the max marginal is above 0.9 for 98% of the characters, and its
+#   ECE below 0.01 mostly counts those easy characters; the max-marginal tag is the Viterbi
+#   tag at 99.9% of them.
+# * 69% of the held-out sentences (quick) have no tagging error. The sequence entropy ranks
+#   the sentences by error rate with a Spearman correlation of about 0.55-0.6: the mean
+#   error rate is near 0 below 0.01 nats and 3-5% above 1 nat. Per character the
+#   correlation is lower: part of the signal is length (a long sentence has more entropy
+#   and more chances to contain an error).
+# * The faster transitions ($m = 10$) give the better calibrated entity confidences
+#   (ECE 0.040 vs 0.055 quick, 0.026 vs 0.035 full) although their emission argmax is the
+#   worse tagger: calibration is a property of the whole CRF, not of its emissions.
 
 # %%
 base, fast = (runs[m]["final"] for m in TRANSITION_LR_MULTIPLIERS)
+calibration = confidence[TRANSITION_LR_MULTIPLIERS[0]]
 summary = {
     "f1_constrained": round(base["constrained"]["f1"], 4),
     "f1_viterbi": round(base["viterbi"]["f1"], 4),
     "f1_argmax": round(base["argmax"]["f1"], 4),
     "invalid_viterbi": base["viterbi"]["invalid"],
-    "invalid_argmax": base["argmax"]["invalid"],
     "f1_constrained_fast_transitions": round(fast["constrained"]["f1"], 4),
     "invalid_viterbi_fast_transitions": fast["viterbi"]["invalid"],
-    "step_ms": round(runs[TRANSITION_LR_MULTIPLIERS[0]]["step_ms"], 2),
+    "ece": round(calibration["reliability"]["product"]["ece"], 4),
+    "entropy_error_spearman": round(calibration["spearman"], 3),
     "quick": QUICK,
 }
 (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -512,7 +830,14 @@ for run in (base, fast):
     assert run["constrained"]["f1"] >= run["viterbi"]["f1"] - 0.005, "constraints hurt F1"
     assert run["constrained"]["f1"] > run["argmax"]["f1"], "CRF decoding below emission argmax"
     assert run["constrained"]["f1"] > MIN_F1, "entity F1 regressed"
-assert summary["invalid_argmax"] > 0, "the argmax baseline should break BIO somewhere"
+assert base["argmax"]["invalid"] > 0, "the argmax baseline should break BIO somewhere"
 assert summary["invalid_viterbi_fast_transitions"] < summary["invalid_viterbi"], (
     "a larger transition learning rate should leave fewer invalid sequences to fix"
 )
+assert posterior_brute_force_ok, "CRF marginals / entropy differ from enumeration"
+for c in confidence.values():
+    assert c["checks"]["finite"] and c["checks"]["argmax_is_viterbi"], c["checks"]
+    assert c["checks"]["sum_error"] < 1e-4 and c["checks"]["masked_max"] == 0, c["checks"]
+assert abs(calibration["precision"] - base["constrained"]["precision"]) < 1e-9
+assert summary["ece"] < MAX_ECE, "entity confidences are badly calibrated"
+assert summary["entropy_error_spearman"] > MIN_SPEARMAN, "entropy does not track errors"
