@@ -34,6 +34,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from flax_layers._chain import (
     check_emissions,
@@ -133,8 +134,7 @@ def _memm_core(x, tags, mats, lengths, direction):
     return jnp.mean(ll, axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("direction", "holes"))
-def _memm(emissions, tags, mats, mask, direction, holes):
+def _memm_rows(emissions, tags, mats, mask, direction, holes):
     dtype = compute_dtype(emissions, *mats)
     x, lengths, _, order, _ = compact_rows(emissions, mask, holes, dtype)
     tags = tags.reshape(x.shape[:2])
@@ -145,6 +145,18 @@ def _memm(emissions, tags, mats, mask, direction, holes):
     nan_mats = jnp.isnan(sum(jnp.sum(m) for m in mats))  # fused sums, as in the CRF
     nan_rows = jnp.isnan(jnp.sum(x, axis=(1, 2))) | ((lengths > 1) & nan_mats)
     return poison(ll, nan_rows)
+
+
+@functools.partial(jax.jit, static_argnames=("direction", "holes"))
+def _memm(emissions, tags, mats, mask, direction, holes):
+    if not holes:
+        return _memm_rows(emissions, tags, mats, mask, direction, False)
+    # A traced mask may still be right-padded: the loss is cheap next to compacting the
+    # rows, so skip the compaction at run time when no row has a hole.
+    flat = mask.reshape(-1, mask.shape[-1])
+    right_padded = jnp.all(flat[:, 1:] <= flat[:, :-1])
+    args = (emissions, tags, mats, mask, direction)
+    return lax.cond(right_padded, lambda: _memm_rows(*args, False), lambda: _memm_rows(*args, True))
 
 
 def memm_log_likelihood(

@@ -174,8 +174,12 @@ def test_masks_with_holes_equal_the_compacted_sequence(direction):
         else:
             ref = memm_log_likelihood(em[b, keep], tags[b, keep], g, direction=direction)
         np.testing.assert_allclose(got[b], ref, rtol=1e-6, atol=1e-6)
-    jitted = jax.jit(lambda m: memm_log_likelihood(em, tags, g, m, direction=direction))(mask)
-    np.testing.assert_allclose(jitted, got, rtol=1e-6, atol=1e-6)
+    jitted = jax.jit(lambda m: memm_log_likelihood(em, tags, g, m, direction=direction))
+    np.testing.assert_allclose(jitted(mask), got, rtol=1e-6, atol=1e-6)
+    # A traced mask without holes takes the uncompacted branch at run time.
+    padded = np.arange(T) < LENGTHS[:, None]
+    by_lengths = memm_log_likelihood(em, tags, g, lengths=LENGTHS, direction=direction)
+    np.testing.assert_allclose(jitted(padded), by_lengths, rtol=1e-6, atol=1e-6)
 
 
 def test_infeasible_rows_are_minus_inf_with_zero_gradients_and_nan_is_nan():
