@@ -21,7 +21,7 @@
 #
 # **Four heads on the same encoder.** A character encoder produces emission scores
 # $f_t(y)$ (`[B, T, 4]`); the heads differ only in how they turn them into a distribution
-# over tag sequences (SPEC §6):
+# over tag sequences (Su Jianlin, https://kexue.fm/archives/7213):
 #
 # * **softmax**: independent per-character softmax, argmax decoding (no transitions);
 # * **CRF**: $\log P(y|x) = \sum_t f_t(y_t) + \sum_t g(y_{t-1}, y_t) - \log Z$, with the
@@ -32,7 +32,7 @@
 # * **Bi-MEMM**: the mean of a left-to-right and a right-to-left MEMM sharing $g$ (the
 #   right-to-left one reads $g^\top$), Viterbi decoding with $g$.
 #
-# **What SPEC §6 reports** (Su Jianlin's experiments, PKU segmentation and People's Daily
+# **What the MEMM article reports** (Su Jianlin's experiments in https://kexue.fm/archives/7213, PKU segmentation and People's Daily
 # NER): with a strong encoder CRF and Bi-MEMM tie; with a weak one CRF wins by about 0.5 F1;
 # Bi-MEMM trains 25%-150% faster than CRF. Here the encoder is a small character CNN trained
 # from scratch on a 2-core CPU: a *weak* encoder by those standards. We measure F1 and the
@@ -79,7 +79,8 @@ EMBED, HIDDEN, LAYERS = (64, 64, 3) if QUICK else (128, 128, 3)  # character CNN
 BATCH = 64
 EPOCHS = 2 if QUICK else 4
 LEARNING_RATE = 3e-3
-TRANSITION_LR_MULTIPLIER = 10.0  # CRF / MEMM transitions learn 10x faster (SPEC §6)
+# CRF / MEMM transitions learn 10x faster (https://kexue.fm/archives/6418)
+TRANSITION_LR_MULTIPLIER = 10.0
 SEED = 0
 HEADS = ("softmax", "crf", "memm", "bimemm")
 TIMING_ROUNDS = 20 if QUICK else 50  # full training steps timed per head, round-robin
@@ -523,12 +524,12 @@ step_speedup = results["crf"]["step_ms"] / results["bimemm"]["step_ms"] - 1
 head_speedup = results["crf"]["head_ms"] / results["bimemm"]["head_ms"] - 1
 print(
     f"\nCRF - Bi-MEMM word F1: {100 * (crf_f1 - bimemm_f1):+.2f} points "
-    f"(SPEC §6, weak encoder: about +0.5)"
+    f"(article, weak encoder: about +0.5)"
 )
 crf_share = results["crf"]["head_ms"] / results["crf"]["step_ms"]
 print(
     f"Bi-MEMM faster than CRF by {step_speedup:+.0%} per full training step and "
-    f"{head_speedup:+.0%} for the head alone (SPEC §6: +25% to +150%); the CRF head is "
+    f"{head_speedup:+.0%} for the head alone (article: +25% to +150%); the CRF head is "
     f"{crf_share:.1%} of a full training step here"
 )
 
@@ -565,7 +566,7 @@ fig.tight_layout()
 fig.savefig(OUT / "f1_and_speed.png", dpi=120)
 
 # %% [markdown]
-# **Comparison with SPEC §6.** Figures measured with this notebook on a shared 2-core CPU
+# **Comparison with the article.** Figures measured with this notebook on a shared 2-core CPU
 # (the table above is this run's; timings move from run to run with the machine's load):
 #
 # | | quick: 3,000 sentences, 2 epochs, 64-wide CNN | full: 17,536 sentences, 4 epochs, 128-wide CNN |
@@ -577,20 +578,20 @@ fig.savefig(OUT / "f1_and_speed.png", dpi=120)
 # | full training step: CRF vs Bi-MEMM | 17.7 vs 17.9 ms on a quiet machine (-1%) | 62.5 vs 67.3 ms under load (-7%) |
 #
 # * **F1.** With the small quick budget the CRF leads Bi-MEMM by about 1 point: the
-#   direction SPEC §6 reports for a weak encoder (about +0.5). With the whole training
-#   split the two tie (+0.02), as SPEC reports for a strong encoder. The one-directional
+#   direction the article reports for a weak encoder (about +0.5). With the whole training
+#   split the two tie (+0.02), as the article reports for a strong encoder. The one-directional
 #   MEMM trails Bi-MEMM by 0.4 in the full run. The softmax head ties on F1 at full size
 #   only because the lenient span reading absorbs its invalid tag sequences (36% of its
 #   sentences); the three heads with transitions decode (almost) only valid ones.
 # * **Speed.** For the head alone, Bi-MEMM's loss and gradient are 50-86% faster than the
-#   CRF's: inside SPEC's 25-150%. (At this size all heads are close to the ~0.1 ms dispatch
+#   CRF's: inside the article's 25-150%. (At this size all heads are close to the ~0.1 ms dispatch
 #   floor that the softmax head shows, so these ratios are rough.) But the CRF head is only
 #   0.6-2% of a training step of this CNN on CPU, so the full steps are indistinguishable:
 #   the measured differences are within the spread of the timings (see the IQRs). Here
-#   SPEC's speed-up holds for the head, not for training as a whole; we did not measure a
+#   The article's speed-up holds for the head, not for training as a whole; we did not measure a
 #   setting (e.g. a larger tag set, longer sequences, an accelerator) where the head is a
 #   larger share of the step.
-# * The transitions use `lr_multiplier = 10` (SPEC §6): the heads train from scratch with
+# * The transitions use `lr_multiplier = 10` (Su Jianlin, https://kexue.fm/archives/6418): the heads train from scratch with
 #   Adam at 3e-3, and the multiplier lets $g$ move 10 times faster than the encoder.
 
 # %%

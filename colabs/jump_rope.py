@@ -29,7 +29,7 @@
 # * $g = 0$: the **troposkein** (the skipping-rope / Darrieus-blade shape). The axial force
 #   $C$ is constant and the tension is $T(x) = T_0 - \tfrac12\omega^2x^2$, so
 #   $$\frac{dy}{dx} = \frac{C}{\sqrt{T(x)^2 - C^2}}$$
-#   (SPEC §9's $C/\sqrt{(\lambda+\tfrac12\omega^2x^2)^2-C^2}$ with $\lambda = -T_0$), an
+#   (the troposkein of Blackwell & Reis, Sandia report SLA-74-0154 (1974): $C/\sqrt{(\lambda+\tfrac12\omega^2x^2)^2-C^2}$ with $\lambda = -T_0$), an
 #   elliptic integral. At the widest point $x_{max}$ the rope is parallel to the axis, so
 #   $T(x_{max}) = C$; the constants $(C, x_{max})$ follow from the span and the length.
 #

@@ -22,7 +22,7 @@
 # the **entity F1**: a predicted entity counts only with exactly the right span *and* type.
 #
 # **Model.** A character CNN produces emission scores $f_t(y)$; a linear-chain CRF
-# (SPEC §6) adds transition scores $g(y_{t-1}, y_t)$ and start / end scores and is trained
+# (Su Jianlin, https://kexue.fm/archives/5542) adds transition scores $g(y_{t-1}, y_t)$ and start / end scores and is trained
 # on $-\log P(y|x) = -\big(\mathrm{score}(y) - \log Z\big)$.
 #
 # **Constrained decoding.** BIO forbids some tag bigrams: `I-X` may only follow `B-X` or
@@ -40,7 +40,7 @@
 # counting invalid BIO sequences and measuring the entity F1 of each. How much the
 # constraints matter depends on how well the transitions were learned, so we train two
 # CRFs that differ only in the learning rate of their transition scores: the library's
-# `lr_multiplier` (SPEC §6) stores $g/m$ and uses $m \cdot$ stored, so under Adam the
+# `lr_multiplier` (Su Jianlin, https://kexue.fm/archives/6418) stores $g/m$ and uses $m \cdot$ stored, so under Adam the
 # transitions move $m$ times faster; $m = 1$ (plain) and $m = 10$.
 #
 # **Confidence.** The constrained CRF is a probability distribution over valid tag

@@ -221,7 +221,7 @@ def sparse_multilabel_categorical_crossentropy(
 
     For ``logits [..., C]`` and positive ids ``label_ids [..., P]`` (``P << C``) this
     is the hard ZLPR loss of :func:`multilabel_categorical_crossentropy` on the
-    multi-hot labels the ids describe. The SPEC / bert4keras formulation is, with
+    multi-hot labels the ids describe. The article's / bert4keras formulation is, with
     ``a = logsumexp(s ∪ {0})`` and ``b = logsumexp(s_pos)``::
 
         pos = logsumexp(-s_pos ∪ {0}),   neg = a + log(1 - e^{b - a}),   L = pos + neg

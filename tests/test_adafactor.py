@@ -1,6 +1,7 @@
 """Tests of optax_contrib.adafactor against optax.adafactor, a numpy transcription of
-SPEC §1 (float64) and closed forms; plus the compatibility matrix (jit, chain,
-inject_hyperparams, MultiSteps, nnx.Optimizer, sharding, checkpoints)."""
+Shazeer & Stern (ICML 2018), Algorithms 4-5, in float64 and closed forms; plus the
+compatibility matrix (jit, chain, inject_hyperparams, MultiSteps, nnx.Optimizer, sharding,
+checkpoints)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 
 def _np_factored_axes(shape, min_dim):
-    """Two largest axes, lower index first (independent transcription of SPEC §1)."""
+    """Two largest axes, lower index first (independent transcription of Shazeer & Stern 2018)."""
     if len(shape) < 2:
         return None
     idx = np.argsort(np.asarray(shape), kind="stable")[-2:]
@@ -93,7 +94,7 @@ def _np_adafactor(
     min_dim=128,
     axes_fn=None,
 ):
-    """SPEC §1 in float64 numpy, one tensor at a time."""
+    """Shazeer & Stern (2018), Algorithms 4-5, in float64 numpy, one tensor at a time."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats, mom, out = {}, {}, []
     for t, grads in enumerate(grads_seq, start=1):

@@ -1,4 +1,4 @@
-"""Tests for the geometric initialisers and diagnostics (SPEC §5).
+"""Tests for the geometric initialisers and diagnostics (Su Jianlin, https://kexue.fm/archives/7180).
 
 References: ``jax.nn.initializers.variance_scaling`` (same key -> same samples, so
 the fan computation and distributions are checked exactly), closed-form

@@ -1,4 +1,4 @@
-"""Tests for ``optax_contrib.lazy`` (SPEC.md §3).
+"""Tests for ``optax_contrib.lazy`` (Su Jianlin's lazy optimizer, kexue.fm 2019).
 
 References: dense ``optax`` optimizers run side by side (article policy), a
 hand-written numpy LazyAdam with TF-Addons semantics (frozen policy), and the

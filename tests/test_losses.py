@@ -1,7 +1,7 @@
-"""Tests for the multi-label ZLPR losses (SPEC §4).
+"""Tests for the multi-label ZLPR losses (Su Jianlin, https://kexue.fm/archives/7359).
 
 References are plain float64 numpy written here with direct Python-loop sums:
-the SPEC formulas (hard with threshold, soft, sparse a/b form), bert4keras's own
+the article's formulas (hard with threshold, soft, sparse a/b form), bert4keras's own
 ``1e12`` formulation, and optax's sigmoid binary cross-entropy for one class.
 """
 
@@ -89,7 +89,7 @@ def ref_bert4keras(s, y):
 
 
 def ref_sparse_ab(s, ids, mask_zero=False, dtype=np.float64):
-    """SPEC's sparse form: a = lse(s ∪ {0}), b = lse(s_pos), neg = a + log(1 - e^{b-a}).
+    """The article's sparse form: a = lse(s ∪ {0}), b = lse(s_pos), neg = a + log(1 - e^{b-a}).
 
     Positives are the distinct valid ids; with mask_zero id 0 is padding and class 0
     is dropped. 1 - e^{b-a} is clipped at 1e-7 as bert4keras does.
@@ -136,7 +136,7 @@ def test_dense_matches_reference(threshold):
 def test_threshold_is_a_shift_and_matches_spec_form():
     s, y = _data((5, 6), seed=1)
     s0 = 1.3
-    # SPEC: log(e^{s0} + Σ_neg e^{s}) + log(e^{-s0} + Σ_pos e^{-s}), direct sums
+    # The article: log(e^{s0} + Σ_neg e^{s}) + log(e^{-s0} + Σ_pos e^{-s}), direct sums
     spec = [
         math.log(math.exp(s0) + sum(math.exp(v) for v, lab in zip(r, lr) if lab == 0))
         + math.log(math.exp(-s0) + sum(math.exp(-v) for v, lab in zip(r, lr) if lab == 1))
@@ -153,7 +153,7 @@ def test_soft_matches_reference_and_hard_limit():
     t[:, :3] = 0.0
     t[:, 3:5] = 1.0
     np.testing.assert_allclose(mcce(s, t), ref_soft(s, t), rtol=1e-5, atol=1e-6)
-    # the SPEC soft formula with every term present, on strictly interior labels
+    # the article's soft formula with every term present, on strictly interior labels
     ti = np.clip(t, 0.05, 0.95)
     full = np.log1p((ti * np.exp(-s.astype(np.float64))).sum(-1)) + np.log1p(
         ((1 - ti) * np.exp(s.astype(np.float64))).sum(-1)
