@@ -188,8 +188,8 @@ class Compact(NamedTuple):
       start: ``[K]``.
       end: ``[K]``.
       lengths: ``[N]`` int32 number of valid positions.
-      position: ``[N, T]`` int32 compact index of every original position (None when the
-        mask is right-padded, where it is the identity).
+      position: ``[N, T]`` int32 compact index of every original position (None for a
+        mask known to be right-padded; the identity for a traced mask without holes).
       order: ``[N, T]`` int32 original position of every compact index (its inverse).
       mask: ``[N, T]`` original valid positions.
       nan_rows: ``[N]`` bool, a NaN in an input that enters the row's results: an
@@ -215,42 +215,81 @@ def _gather_rows(y: jax.Array, index: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def permute_rows(y: jax.Array, order: jax.Array, position: jax.Array) -> jax.Array:
-    """``y[n, order[n, t]]`` where ``position`` is the inverse permutation of ``order``.
+def permute_rows(y: jax.Array, order: jax.Array, position: jax.Array, active) -> jax.Array:
+    """``y[n, order[n, t]]`` where ``position`` is the inverse permutation of ``order``;
+    ``y`` itself where ``active`` (a scalar bool) is false.
 
-    Its gradient is the gather by ``position`` (not a scatter-add, slow on CPU).
+    The condition sits inside the forward and the backward pass (a gather by ``position``,
+    not a scatter-add, slow on CPU), so autodiff never differentiates a ``lax.cond``.
     """
-    return _gather_rows(y, order)
+    return lax.cond(active, _gather_rows, lambda y, _: y, y, order)
 
 
-def _permute_rows_fwd(y, order, position):
-    return _gather_rows(y, order), position
+def _permute_rows_fwd(y, order, position, active):
+    return permute_rows(y, order, position, active), (position, active)
 
 
-def _permute_rows_bwd(position, ct):
-    return _gather_rows(ct, position), None, None
+def _permute_rows_bwd(res, ct):
+    position, active = res
+    return lax.cond(active, _gather_rows, lambda c, _: c, ct, position), None, None, None
 
 
 permute_rows.defvjp(_permute_rows_fwd, _permute_rows_bwd)
 
 
 def compact_rows(emissions, mask, holes: bool, dtype):
-    """``(x [N, T, K], lengths [N], position, order, mask [N, T])``, see :class:`Compact`."""
+    """``(x [N, T, K], lengths [N], position, order, mask [N, T])``, see :class:`Compact`.
+
+    With ``holes`` (a mask that may have holes), the gather runs only when some row has a
+    hole: a traced mask that is right-padded at run time costs what ``lengths`` costs
+    (``position`` and ``order`` are then the identity).
+    """
     num_steps, num_tags = emissions.shape[-2:]
     x = emissions.astype(dtype).reshape(-1, num_steps, num_tags)
     mask = mask.reshape(-1, num_steps)
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
-    position = order = None
-    if holes:
+    valid = (jnp.arange(num_steps) < lengths[:, None])[..., None]
+    if not holes:
+        return jnp.where(valid, x, 0), lengths, None, None, mask
+    t = jnp.arange(num_steps, dtype=jnp.int32)
+
+    def permutation():
         # Valid positions up to t (an associative scan: XLA:CPU constant-folds the
         # reduce-window of a cumsum over a constant mask very slowly).
         before = lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=1)
-        t = jnp.arange(num_steps, dtype=jnp.int32)
         position = jnp.where(mask, before - 1, lengths[:, None] + t - before)
-        order = jnp.zeros_like(position).at[jnp.arange(x.shape[0])[:, None], position].set(t)
-        x = permute_rows(x, order, position)
-    valid = jnp.arange(num_steps) < lengths[:, None]
-    return jnp.where(valid[..., None], x, 0), lengths, position, order, mask
+        rows = jnp.arange(x.shape[0])[:, None]
+        return position, jnp.zeros_like(position).at[rows, position].set(t)
+
+    def identity():
+        return (jnp.broadcast_to(t, mask.shape),) * 2
+
+    any_hole = jnp.any(mask[:, 1:] & ~mask[:, :-1])
+    position, order = lax.cond(any_hole, permutation, identity)
+    x = jnp.where(valid, permute_rows(x, order, position, any_hole), 0)
+    return x, lengths, position, order, mask
+
+
+def nan_rows(x, lengths, ends=(), links=()) -> jax.Array:
+    """Rows ``[N]`` whose results a NaN input enters: an emission of ``x`` (compact, zero
+    past each length), a score in ``ends`` (rows with a valid position) or in ``links``
+    (rows with two or more).
+
+    Tested by sums (one fused reduction each): a sum is NaN when a term is NaN (or when
+    ``+inf`` meets ``-inf``, an indeterminate row either way); ``-inf`` scores stay
+    ``-inf``.
+    """
+    total = lambda arrays: jnp.isnan(sum((jnp.sum(a) for a in arrays), jnp.zeros(())))
+    return (
+        jnp.isnan(jnp.sum(x, axis=(1, 2)))
+        | ((lengths > 0) & total(ends))
+        | ((lengths > 1) & total(links))
+    )
+
+
+def reorder(tags: jax.Array, order: jax.Array | None) -> jax.Array:
+    """Tags ``[N, T]`` in compact order (unchanged when ``order`` is None)."""
+    return tags if order is None else jnp.take_along_axis(tags, order, axis=1)
 
 
 def compact(inputs: ChainInputs, holes: bool) -> Compact:
@@ -259,22 +298,13 @@ def compact(inputs: ChainInputs, holes: bool) -> Compact:
     dtype = compute_dtype(em, g, start, end)
     x, lengths, position, order, mask = compact_rows(em, mask, holes, dtype)
     g, start, end = (a.astype(dtype) for a in (g, start, end))
-    # NaN tests by sums (one fused reduction each): a sum is NaN when a term is NaN (or
-    # when +inf meets -inf, an indeterminate row either way); -inf scores stay -inf.
-    nan_rows = (
-        jnp.isnan(jnp.sum(x, axis=(1, 2)))
-        | ((lengths > 0) & jnp.isnan(jnp.sum(start) + jnp.sum(end)))
-        | ((lengths > 1) & jnp.isnan(jnp.sum(g)))
-    )
-    return Compact(x, g, start, end, lengths, position, order, mask, nan_rows)
+    nan = nan_rows(x, lengths, ends=(start, end), links=(g,))
+    return Compact(x, g, start, end, lengths, position, order, mask, nan)
 
 
 def compact_tags(c: Compact, tags: jax.Array) -> jax.Array:
     """Tags ``[..., T]`` in compact order ``[N, T]`` (anything past each length)."""
-    tags = tags.reshape(c.mask.shape)
-    if c.order is None:
-        return tags
-    return jnp.take_along_axis(tags, c.order, axis=1)
+    return reorder(tags.reshape(c.mask.shape), c.order)
 
 
 def expand(c: Compact, y: jax.Array, fill) -> jax.Array:

@@ -34,7 +34,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from flax_layers._chain import (
     check_emissions,
@@ -43,7 +42,9 @@ from flax_layers._chain import (
     check_tags,
     compact_rows,
     compute_dtype,
+    nan_rows,
     poison,
+    reorder,
 )
 from flax_layers._semiring import logsumexp
 
@@ -134,29 +135,14 @@ def _memm_core(x, tags, mats, lengths, direction):
     return jnp.mean(ll, axis=0)
 
 
-def _memm_rows(emissions, tags, mats, mask, direction, holes):
-    dtype = compute_dtype(emissions, *mats)
-    x, lengths, _, order, _ = compact_rows(emissions, mask, holes, dtype)
-    tags = tags.reshape(x.shape[:2])
-    if order is not None:
-        tags = jnp.take_along_axis(tags, order, axis=1)
-    mats = tuple(m.astype(dtype) for m in mats)
-    ll = _memm_core(x, tags, mats, lengths, direction)
-    nan_mats = jnp.isnan(sum(jnp.sum(m) for m in mats))  # fused sums, as in the CRF
-    nan_rows = jnp.isnan(jnp.sum(x, axis=(1, 2))) | ((lengths > 1) & nan_mats)
-    return poison(ll, nan_rows)
-
-
 @functools.partial(jax.jit, static_argnames=("direction", "holes"))
 def _memm(emissions, tags, mats, mask, direction, holes):
-    if not holes:
-        return _memm_rows(emissions, tags, mats, mask, direction, False)
-    # A traced mask may still be right-padded: the loss is cheap next to compacting the
-    # rows, so skip the compaction at run time when no row has a hole.
-    flat = mask.reshape(-1, mask.shape[-1])
-    right_padded = jnp.all(flat[:, 1:] <= flat[:, :-1])
-    args = (emissions, tags, mats, mask, direction)
-    return lax.cond(right_padded, lambda: _memm_rows(*args, False), lambda: _memm_rows(*args, True))
+    dtype = compute_dtype(emissions, *mats)
+    x, lengths, _, order, _ = compact_rows(emissions, mask, holes, dtype)
+    tags = reorder(tags.reshape(x.shape[:2]), order)
+    mats = tuple(m.astype(dtype) for m in mats)
+    ll = _memm_core(x, tags, mats, lengths, direction)
+    return poison(ll, nan_rows(x, lengths, links=mats))
 
 
 def memm_log_likelihood(
