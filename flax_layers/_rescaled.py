@@ -134,6 +134,13 @@ def _unary_and_weights(pieces):
     return p, jnp.where(valid[1:, None, :], w, 0)
 
 
+def _pair_sums(pieces, w, out: str):
+    """Pairwise marginals ``a_{t-1}(i) E(i, j) w_t(j)``, summed as the einsum output
+    ``out`` says (``"ij"``, ``"nij"`` or ``"ntij"``, from ``t``, ``i``, ``j`` and ``n``)."""
+    a, e_mat = pieces[3], pieces[1]
+    return e_mat * jnp.einsum(f"tin,tjn->{out}", a[:-1], w, precision=HIGHEST)
+
+
 def _exact_log_z(x, g, start, end, lengths):
     return sequential_scan(Log(), x, g, start, end, lengths, checkpoint=True).total[:, 0]
 
@@ -158,8 +165,7 @@ def _log_partition_bwd(res, ct):
     ct = jnp.where(log_z == -jnp.inf, 0, ct)
     p, w = _unary_and_weights(pieces)
     p, w = p * ct, w * ct
-    a, e_mat = pieces[3], pieces[1]
-    d_g = e_mat * jnp.einsum("tin,tjn->ij", a[:-1], w, precision=HIGHEST)
+    d_g = _pair_sums(pieces, w, "ij")
     last = jnp.arange(x.shape[1])[:, None] == lengths - 1
     d_end = jnp.sum(jnp.where(last[:, None, :], p, 0), axis=(0, 2))
     fast = (jnp.transpose(p, (2, 0, 1)), d_g, jnp.sum(p[0], axis=1), d_end)
@@ -184,20 +190,15 @@ def marginals(x, g, start, end, lengths, *, pairs: str = "none"):
     rows without a feasible path zeros."""
     fast_log_z, ok, pieces = _forward_backward(x, g, start, end, lengths)
     p, w = _unary_and_weights(pieces)
-    a, e_mat = pieces[3], pieces[1]
     unary = jnp.transpose(p, (2, 0, 1))
     if pairs == "steps":
-        xi = e_mat * jnp.einsum("tin,tjn->ntij", a[:-1], w, precision=HIGHEST)
+        xi = _pair_sums(pieces, w, "ntij")
         pair = jnp.concatenate([jnp.zeros_like(xi[:, :1]), xi], axis=1)
     elif pairs == "counts":
-        pair = e_mat * jnp.einsum("tin,tjn->nij", a[:-1], w, precision=HIGHEST)
+        pair = _pair_sums(pieces, w, "nij")
     else:
         pair = None
-
-    def exact():
-        log_z, unary, steps = log_space_marginals(x, g, start, end, lengths, pairs=pairs)
-        return log_z, unary, steps
-
+    exact = lambda: log_space_marginals(x, g, start, end, lengths, pairs=pairs)
     return lax.cond(ok, lambda: (fast_log_z, unary, pair), exact)
 
 

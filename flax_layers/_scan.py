@@ -84,8 +84,10 @@ def sequential_scan(
 ) -> ScanResult:
     """Forward recursion in ``semiring`` over ``x`` ``[N, T, K]`` (compact, right-padded).
 
-    ``g`` is ``[K, K]`` or per step ``[T, N, K, K]`` (entry ``t`` links ``t-1 -> t``; entry
-    0 unused). Rows of length 0 total the semiring's one.
+    ``g`` is ``[K, K]``, per row ``[N, K, K]`` or per step ``[T, N, K, K]`` (entry ``t``
+    links ``t-1 -> t``; entry 0 unused); the per-row and per-step forms exist so that
+    autodiff yields expected transition counts and pairwise marginals per row. Rows of
+    length 0 total the semiring's one.
     """
     batch, num_steps, num_tags = x.shape
     xt = jnp.swapaxes(x, 0, 1)

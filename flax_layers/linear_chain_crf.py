@@ -53,9 +53,11 @@ class LinearChainCRF:
       lengths: optional ``[...]`` integer lengths (right padding) instead of ``mask``.
       start: optional ``[K]`` scores of the first valid tag.
       end: optional ``[K]`` scores of the last valid tag.
-      algorithm: log-partition algorithm, ``"rescaled"`` (default; probability-space
-        forward-backward), ``"sequential"`` (log-space scan) or ``"parallel"`` (tree of
-        matrix products, ``O(log T)`` depth); all agree to rounding.
+      algorithm: algorithm of ``log_partition``, ``log_prob`` and ``marginals``:
+        ``"rescaled"`` (default; probability-space forward-backward), ``"sequential"``
+        (log-space scan) or ``"parallel"`` (tree of matrix products, ``O(log T)`` depth);
+        all agree to rounding. The other operations use the rescaled pass, with its exact
+        log-space fallback, or the max / k-best semirings.
       checkpoint: rematerialise the log-space scan in ``√T`` blocks so that gradients
         store ``O(√T)`` forward vectors (long sequences; needs ``algorithm="sequential"``).
 

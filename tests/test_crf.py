@@ -36,6 +36,7 @@ from flax_layers import (
     viterbi_decode,
     viterbi_nbest,
 )
+from tests.chain_reference import Brute
 
 ALGORITHMS = ("rescaled", "sequential", "parallel")
 B, T, K = 4, 5, 3
@@ -52,27 +53,9 @@ def _problem(seed=0, b=B, t=T, k=K, scale=1.0):
 
 
 def _brute_force(em, g, start, end, length):
-    """Scores of all K**L paths of one sequence, best first, with log Z and marginals."""
-    num_steps, k = em.shape
-    if length == 0:
-        return [], np.zeros(0), 0.0, np.zeros((num_steps, k))
-    paths = list(itertools.product(range(k), repeat=length))
-    scores = np.array(
-        [
-            start[p[0]]
-            + sum(em[t, p[t]] for t in range(length))
-            + sum(g[p[t - 1], p[t]] for t in range(1, length))
-            + end[p[-1]]
-            for p in paths
-        ],
-        dtype=np.float64,
-    )
-    log_z = np.logaddexp.reduce(scores)
-    marg = np.zeros((num_steps, k))
-    for p, w in zip(paths, np.exp(scores - log_z)):
-        marg[np.arange(length), p] += w
-    order = np.argsort(-scores, kind="stable")
-    return [paths[i] for i in order], scores[order], log_z, marg
+    """Paths of one right-padded row, best first, their scores, log Z and marginals."""
+    ref = Brute(em, g, start, end, np.arange(len(em)) < length)
+    return [tuple(ref.paths[i]) for i in ref.order], ref.sorted_scores, ref.log_z, ref.marg
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
