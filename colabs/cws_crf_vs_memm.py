@@ -574,25 +574,26 @@ fig.savefig(OUT / "f1_and_speed.png", dpi=120)
 # | word F1: softmax / CRF / MEMM / Bi-MEMM | 0.876 / 0.889 / 0.880 / 0.879 | 0.958 / 0.957 / 0.953 / 0.957 |
 # | CRF minus Bi-MEMM | +1.0 F1 points | +0.02 F1 points |
 # | sentences with invalid BMES: softmax / CRF / MEMM / Bi-MEMM | 68% / 0% / 2-3% / 2% | 36% / 0% / 0.2% / 0.3% |
-# | head only, loss + gradient: CRF vs Bi-MEMM | 0.35-0.42 vs 0.19-0.25 ms (Bi-MEMM +50% to +86%) | 0.36 vs 0.22 ms (+62%) |
+# | head only, loss + gradient: CRF vs Bi-MEMM | 0.35-0.46 vs 0.19-0.30 ms (Bi-MEMM +50% to +86%) | 0.36 vs 0.22 ms (+62%) |
 # | full training step: CRF vs Bi-MEMM | 17.7 vs 17.9 ms on a quiet machine (-1%) | 62.5 vs 67.3 ms under load (-7%) |
 #
 # * **F1.** With the small quick budget the CRF leads Bi-MEMM by about 1 point: the
-#   direction the article reports for a weak encoder (about +0.5). With the whole training
-#   split the two tie (+0.02), as the article reports for a strong encoder. The one-directional
-#   MEMM trails Bi-MEMM by 0.4 in the full run. The softmax head ties on F1 at full size
+#   direction the article reports for a weak encoder (about +0.5). With the whole
+#   training split the two tie (+0.02), as the article reports for a strong encoder. The
+#   one-directional MEMM trails Bi-MEMM by 0.4 in the full run. The softmax head ties on F1 at full size
 #   only because the lenient span reading absorbs its invalid tag sequences (36% of its
 #   sentences); the three heads with transitions decode (almost) only valid ones.
 # * **Speed.** For the head alone, Bi-MEMM's loss and gradient are 50-86% faster than the
-#   CRF's: inside the article's 25-150%. (At this size all heads are close to the ~0.1 ms dispatch
-#   floor that the softmax head shows, so these ratios are rough.) But the CRF head is only
+#   CRF's: inside the article's 25-150%. (At this size all heads are close to the ~0.1 ms
+#   dispatch floor that the softmax head shows, so these ratios are rough.) But the CRF head is only
 #   0.6-2% of a training step of this CNN on CPU, so the full steps are indistinguishable:
 #   the measured differences are within the spread of the timings (see the IQRs). Here
-#   The article's speed-up holds for the head, not for training as a whole; we did not measure a
+#   the article's speed-up holds for the head, not for training as a whole; we did not measure a
 #   setting (e.g. a larger tag set, longer sequences, an accelerator) where the head is a
 #   larger share of the step.
-# * The transitions use `lr_multiplier = 10` (Su Jianlin, https://kexue.fm/archives/6418): the heads train from scratch with
-#   Adam at 3e-3, and the multiplier lets $g$ move 10 times faster than the encoder.
+# * The transitions use `lr_multiplier = 10` (Su Jianlin, https://kexue.fm/archives/6418):
+#   the heads train from scratch with Adam at 3e-3, and the multiplier lets $g$ move 10
+#   times faster than the encoder.
 
 # %%
 summary = {
