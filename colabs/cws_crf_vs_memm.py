@@ -32,8 +32,8 @@
 # * **Bi-MEMM**: the mean of a left-to-right and a right-to-left MEMM sharing $g$ (the
 #   right-to-left one reads $g^\top$), Viterbi decoding with $g$.
 #
-# **What the MEMM article reports** (Su Jianlin's experiments in https://kexue.fm/archives/7213, PKU segmentation and People's Daily
-# NER): with a strong encoder CRF and Bi-MEMM tie; with a weak one CRF wins by about 0.5 F1;
+# **What the MEMM article reports** (Su Jianlin's experiments in
+# https://kexue.fm/archives/7213, PKU segmentation and People's Daily NER): with a strong encoder CRF and Bi-MEMM tie; with a weak one CRF wins by about 0.5 F1;
 # Bi-MEMM trains 25%-150% faster than CRF. Here the encoder is a small character CNN trained
 # from scratch on a 2-core CPU: a *weak* encoder by those standards. We measure F1 and the
 # training speed of each head and compare with that ordering at the end.
