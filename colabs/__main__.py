@@ -1,4 +1,12 @@
-"""Run the notebooks headless: ``python -m colabs [NAME ...] [--full] [--list] [--verbose]``.
+"""Run the notebooks headless and keep README.md in step with them.
+
+``python -m colabs [NAME ...] [--full] [--list] [--verbose]`` runs notebooks;
+``python -m colabs --sync-links [--check]`` renders the notebooks' badge and setup cells and
+the repository links from ``[project.urls] Repository`` of ``pyproject.toml``;
+``python -m colabs --readme [--check]`` rewrites README.md's notebook table from the
+notebooks' ``summary.json`` files (see :mod:`colabs.sync`). With ``--check`` nothing is
+written and the exit status is 1 when a file is out of date; both exit with 2 when they
+cannot work (no ``[project.urls] Repository``, no marked table in README.md).
 
 Each notebook ``colabs/NAME.ipynb`` is paired with ``colabs/NAME.py`` (jupytext percent
 format, the source of truth). The runner executes the plain-script twin in a subprocess
@@ -8,8 +16,10 @@ writes ``colabs/outputs/NAME/summary.json`` and then asserts on it, so the runne
 the headline figures even when an assertion fails. The full output of each run goes to
 ``colabs/outputs/NAME/run.log``.
 
-Prints one line per notebook (status, wall time, headline figures) and exits with status 1
-if any notebook failed (2 for an unknown name).
+Prints one line per notebook (status, wall time, headline figures), then the figures that
+disagree with README.md's table, and exits with status 1 if any notebook failed or none was
+found (2 for an unknown name). The notebooks live in a checkout of the repository, not in
+the ``optax-flax-contrib`` package.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from colabs import sync
 
 COLABS_DIR = Path(__file__).resolve().parent
 
@@ -134,6 +146,60 @@ def _tail(path: Path | None, lines: int = 25) -> str:
     return "\n".join("    " + line for line in kept[-lines:])
 
 
+def _no_notebooks(colabs_dir: Path) -> int:
+    print(
+        f"no notebooks found in {colabs_dir}: a notebook is colabs/NAME.ipynb next to its "
+        "colabs/NAME.py twin. They live in a checkout of the repository (they are not part of "
+        "the optax-flax-contrib package): clone it and run `python -m colabs` from its root.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _maintenance(args: argparse.Namespace, root: Path) -> int:
+    """``--sync-links`` / ``--readme``, with or without ``--check``."""
+    try:
+        if args.sync_links:
+            if args.check:
+                problems = sync.link_problems(root)
+                print("\n".join(problems) or "links agree with pyproject.toml")
+                return 1 if problems else 0
+            changed = sync.sync_links(root)
+            print("\n".join(f"rewrote {p.relative_to(root)}" for p in changed) or "up to date")
+            return 0
+        readme = root / "README.md"
+        old = readme.read_text(encoding="utf-8")
+        new, notes = sync.render_table(root, old)
+        for note in notes:
+            print(note)
+        if args.check:
+            print("README.md's notebook table is " + ("up to date" if new == old else "stale"))
+            return 0 if new == old else 1
+        if new != old:
+            readme.write_text(new, encoding="utf-8")
+        print("rewrote README.md's notebook table" if new != old else "README.md up to date")
+        return 0
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def readme_notes(results: list[Result], root: Path) -> list[str]:
+    """Lines naming the figures of this run's quick-mode summaries that README.md disagrees
+    with; empty when there is no README.md or it agrees."""
+    names = [r.name for r in results if r.ok and r.summary.get("quick") is True]
+    if not names or not (root / "README.md").is_file():
+        return []
+    try:
+        problems = sync.readme_problems(root, names)
+    except ValueError as err:
+        return [f"README.md not checked: {err}"]
+    lines = [f"README.md disagrees with {n}: " + "; ".join(p) for n, p in problems.items()]
+    if lines:
+        lines.append("`python -m colabs --readme` rewrites the table from the summaries")
+    return lines
+
+
 def main(argv: list[str] | None = None, colabs_dir: Path = COLABS_DIR) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
@@ -145,9 +211,35 @@ def main(argv: list[str] | None = None, colabs_dir: Path = COLABS_DIR) -> int:
     parser.add_argument("--list", action="store_true", help="list the notebooks and exit")
     parser.add_argument("--verbose", "-v", action="store_true", help="echo notebook output")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per notebook")
+    maintenance = parser.add_mutually_exclusive_group()
+    maintenance.add_argument(
+        "--sync-links",
+        action="store_true",
+        help="render the notebooks' badge and setup cells and the README/notebook links from "
+        "[project.urls] Repository in pyproject.toml",
+    )
+    maintenance.add_argument(
+        "--readme",
+        action="store_true",
+        help="rewrite README.md's notebook table from colabs/outputs/NAME/summary.json",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --sync-links or --readme: write nothing, exit 1 when out of date",
+    )
     args = parser.parse_args(argv)
+    root = colabs_dir.parent
+    if args.check and not (args.sync_links or args.readme):
+        parser.error("--check goes with --sync-links or --readme")
+    if (args.sync_links or args.readme) and (args.names or args.list or args.full):
+        parser.error("--sync-links and --readme take no notebook names, --list or --full")
+    if args.sync_links or args.readme:
+        return _maintenance(args, root)
 
     available = discover(colabs_dir)
+    if not available:
+        return _no_notebooks(colabs_dir)
     if args.list:
         print("\n".join(available))
         return 0
@@ -171,6 +263,8 @@ def main(argv: list[str] | None = None, colabs_dir: Path = COLABS_DIR) -> int:
     total = sum(r.seconds for r in results)
     print(f"{len(results) - len(failed)}/{len(results)} OK in {total:.1f}s", end="")
     print(f"; FAILED: {', '.join(failed)}" if failed else "")
+    for line in readme_notes(results, root):
+        print(line)
     return 1 if failed else 0
 
 

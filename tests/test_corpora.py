@@ -165,6 +165,41 @@ def test_split_indices_depends_on_seed_and_validates():
         corpora.split_indices(1)
 
 
+def _clause_pieces(text: str, max_len: int) -> list[tuple[int, int]]:
+    """The clauses (each ends after punctuation or at the end), cut into max_len pieces."""
+    pieces = []
+    for m in re.finditer("[^，。！？；：、]*[，。！？；：、]|[^，。！？；：、]+", text):
+        pieces += [(s, min(s + max_len, m.end())) for s in range(m.start(), m.end(), max_len)]
+    return pieces
+
+
+@settings(max_examples=30, deadline=None)
+@given(text=st.text(alphabet="ab，。、", max_size=30), max_len=st.integers(1, 8))
+def test_clause_spans_pack_whole_clause_pieces_greedily(text, max_len):
+    spans = corpora.clause_spans(text, max_len)
+    pieces = _clause_pieces(text, max_len)
+    starts = {s for s, _ in pieces}
+    # contiguous cover of the text, each span at most max_len and made of whole pieces
+    assert [s for s, _ in spans] == [0, *[e for _, e in spans]][: len(spans)]
+    assert (spans[-1][1] if spans else 0) == len(text)
+    assert all(0 < e - s <= max_len and s in starts for s, e in spans)
+    # greedy: the piece after a span would not have fitted into it
+    for (s, e), (_, next_end) in zip(spans, spans[1:]):
+        piece_end = next(pe for ps, pe in pieces if ps == e)
+        assert piece_end - s > max_len and next_end >= piece_end
+
+
+def test_clause_spans_examples_and_validation():
+    text = "一二三四五，六七。八"
+    assert corpora.clause_spans(text, 4) == [(0, 4), (4, 6), (6, 10)]  # 一二三四|五，|六七。八
+    assert corpora.clause_spans(text, 100) == [(0, 10)]
+    assert corpora.clause_spans(text, 3, punctuation="") == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert corpora.clause_spans("", 5) == []
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_len"):
+            corpora.clause_spans(text, bad)
+
+
 def test_vocab_and_encoding_round_trip():
     texts = ["人民日报", "日报社", "人人"]
     vocab = corpora.build_vocab(texts)
