@@ -38,10 +38,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optax_contrib._hyperparams import check_range
+from optax_contrib._checks import (
+    check_number,
+    check_real_scalar,
+    check_same_shapes,
+    check_same_structure,
+    describe,
+    shape_error,
+)
 
 __all__ = [
     "FactoredAxes",
@@ -67,18 +75,26 @@ _F32 = jnp.float32
 # --------------------------------------------------------------------------- checks
 
 
-def _static_int(name: str, value: Any, *, minimum: int) -> int:
-    """Converts a shape-determining hyperparameter to a Python int (it must be static)."""
-    try:
-        out = int(value)
-    except jax.errors.ConcretizationTypeError as err:
+def _check_min_dim(value: Any) -> int:
+    """Validates ``min_dim_size_to_factor``: a static Python (or numpy) int ``>= 1``.
+
+    It fixes the factoring, hence the state shapes, at ``init``; a JAX array (which is
+    what ``optax.inject_hyperparams`` turns an int argument into, making it look
+    injectable) is refused so that changing it later is impossible rather than ignored.
+    """
+    name = "min_dim_size_to_factor"
+    if isinstance(value, jax.Array | np.ndarray):
         raise TypeError(
-            f"`{name}` decides state shapes and must be a static Python int; with "
-            f"optax.inject_hyperparams pass static_args=('{name}',)."
-        ) from err
-    if out != value or out < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return out
+            f"`{name}` fixes the factoring (the state shapes) at init and must be a static "
+            f"Python int, got {describe(value)}; with optax.inject_hyperparams keep it "
+            f"static: optax.inject_hyperparams(adafactor, static_args=('{name}',))."
+        )
+    check_real_scalar(name, value, integer=True)
+    if isinstance(value, float | np.floating) and not float(value).is_integer():
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    return int(value)
 
 
 # --------------------------------------------------------------------------- factoring
@@ -94,10 +110,12 @@ def factored_axes_for(
     """Returns the ``(row_axis, col_axis)`` a tensor is factored over, or ``None``.
 
     By default a tensor of rank ≥ 2 is factored over its two largest axes (the lower
-    index is the row axis; ties go to the lower indices) when the smaller of them has at
-    least ``min_dim_size_to_factor`` entries; the remaining axes are batch axes. With
-    ``factored_axes`` the user names the pair (or a callable returns it per shape);
-    both named axes must then have at least ``min_dim_size_to_factor`` entries.
+    index is the row axis; among axes of equal size the higher indices win, as in
+    ``optax.adafactor``, so ``(128, 128, 128)`` is factored over axes ``(1, 2)``) when the
+    smaller of them has at least ``min_dim_size_to_factor`` entries; the remaining axes
+    are batch axes. With ``factored_axes`` the user names the pair (or a callable
+    returns it per shape); both named axes must then have at least
+    ``min_dim_size_to_factor`` entries.
     The row statistics ``R`` average over ``col_axis`` and the column statistics ``C``
     over ``row_axis``.
 
@@ -119,6 +137,8 @@ def factored_axes_for(
       None None
       >>> factored_axes_for((3, 3, 256, 128), factored_axes=(-2, -1))
       (2, 3)
+      >>> factored_axes_for((128, 128, 128))
+      (1, 2)
     """
     ndim = len(shape)
     if not factored or ndim < 2:
@@ -219,9 +239,20 @@ def scale_by_factored_rms(
     floats per factored matrix instead of ``rows × columns``.
 
     All statistics are float32 whatever the parameter dtype; the output has the
-    dtype of the incoming updates. The factoring layout is fixed at ``init`` (the
-    update reads it off the state shapes), so ``min_dim_size_to_factor`` only has to
-    be concrete when ``init`` runs.
+    dtype of the incoming updates. The factoring layout is fixed at ``init`` and read
+    off the state shapes by ``update``, so ``min_dim_size_to_factor``, ``factored`` and
+    ``factored_axes`` are structural: they must be static (a Python int, not a JAX
+    array; under ``optax.inject_hyperparams`` list ``min_dim_size_to_factor`` in
+    ``static_args``). ``decay_rate``, ``decay_offset`` and ``eps`` are read at every
+    step and may be injected.
+
+    Integer and boolean leaves (e.g. counters kept in the parameter tree) are not
+    trained: their (integer) gradients give a zero update and their statistics stay
+    zero. Complex parameters are refused.
+
+    A gradient entry that is NaN or ±inf makes the statistics of its row and column
+    (or its own entry, unfactored) non-finite, so the update of that entry is
+    non-finite too (never a finite number made from a non-finite input).
 
     Args:
       factored: ``False`` keeps a full second moment for every tensor.
@@ -232,12 +263,18 @@ def scale_by_factored_rms(
         convention ``t − start_step`` when the step counter continues) are clamped
         so that the schedule restarts at ``β̂ = 0`` instead of producing NaN.
       min_dim_size_to_factor: only factor when both factored axes have at least this
-        many entries.
+        many entries (a static int).
       eps: ``ε1``, added to the squared gradient.
       factored_axes: name the two factored axes (see :data:`FactoredAxes`).
 
     Returns:
       An ``optax.GradientTransformation`` with state :class:`ScaleByFactoredRmsState`.
+
+    Raises:
+      TypeError: for a hyperparameter of the wrong type (e.g. a string), a JAX-array
+        ``min_dim_size_to_factor``, or complex parameters.
+      ValueError: for a hyperparameter out of range, or, in ``update``, gradients whose
+        tree structure or leaf shapes differ from the parameters given to ``init``.
 
     Reference:
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
@@ -255,26 +292,31 @@ def scale_by_factored_rms(
       >>> print(updates["w"][0, 0].round(4), updates["b"][0].round(4))
       1.0 -1.0
     """
-    check_range("decay_rate", decay_rate, low=0.0)
-    check_range("eps", eps, low=0.0)
-    check_range("decay_offset", decay_offset)
-    check_range("min_dim_size_to_factor", min_dim_size_to_factor, low=1.0)
+    check_number("decay_rate", decay_rate, low=0.0)
+    check_number("eps", eps, low=0.0)
+    check_number("decay_offset", decay_offset)
+    min_dim = _check_min_dim(min_dim_size_to_factor)
+    if not isinstance(factored, bool):
+        raise TypeError(f"`factored` must be a Python bool, got {describe(factored)}.")
 
     def init_fn(params: optax.Params) -> ScaleByFactoredRmsState:
-        min_dim = _static_int("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
         leaves, treedef = jax.tree.flatten(params)
         rows, cols, full = [], [], []
         for p in leaves:
-            if jnp.iscomplexobj(p) or not jnp.issubdtype(p.dtype, jnp.floating):
+            dtype = jnp.result_type(p)
+            if jnp.issubdtype(dtype, jnp.complexfloating):
                 raise TypeError(
-                    f"scale_by_factored_rms expects real floating parameters, got dtype {p.dtype}."
+                    "scale_by_factored_rms expects real floating parameters (integer and "
+                    f"boolean leaves are left untrained), got dtype {dtype}."
                 )
-            axes = factored_axes_for(
-                p.shape,
-                factored=factored,
-                min_dim_size_to_factor=min_dim,
-                factored_axes=factored_axes,
-            )
+            axes = None
+            if jnp.issubdtype(dtype, jnp.floating):
+                axes = factored_axes_for(
+                    np.shape(p),
+                    factored=factored,
+                    min_dim_size_to_factor=min_dim,
+                    factored_axes=factored_axes,
+                )
             # Distinct placeholder arrays, so that the state can be donated to a jitted step.
             if axes is None:
                 rows.append(jnp.zeros((), _F32))
@@ -298,6 +340,7 @@ def scale_by_factored_rms(
         params: optax.Params | None = None,
     ) -> tuple[optax.Updates, ScaleByFactoredRmsState]:
         del params
+        check_same_structure("updates", updates, state.v, "the parameters given to init")
         count = optax.safe_increment(state.count)
         t = count.astype(_F32) + jnp.asarray(decay_offset, _F32)
         beta = 1.0 - jnp.maximum(t, 1.0) ** (-jnp.asarray(decay_rate, _F32))
@@ -306,18 +349,28 @@ def scale_by_factored_rms(
         # eps, or an all-zero row next to huge ones, rsqrt must not see 0 (0 · inf = NaN).
         tiny = jnp.finfo(_F32).tiny
 
-        leaves, treedef = jax.tree.flatten(updates)
+        leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
         rows = treedef.flatten_up_to(state.v_row)
         cols = treedef.flatten_up_to(state.v_col)
         full = treedef.flatten_up_to(state.v)
         out_u, out_r, out_c, out_v = [], [], [], []
-        for g, r, c, v in zip(leaves, rows, cols, full):
-            g32 = g.astype(_F32)
-            g2 = jnp.square(g32) + eps32
-            if v.shape == g.shape:  # full second moment
+        for (path, g), r, c, v in zip(leaves_with_path, rows, cols, full):
+            factored_leaf = np.ndim(r) > 0  # unfactored leaves have scalar placeholders
+            # A factored leaf's shape is recovered from its statistics (R has the column
+            # axis of size 1, C the row axis).
+            expected = tuple(map(max, r.shape, c.shape)) if factored_leaf else v.shape
+            if np.shape(g) != expected:
+                raise shape_error("updates", path, expected, np.shape(g), "the parameter")
+            if not jnp.issubdtype(g.dtype, jnp.inexact):  # integer/boolean leaf: not trained
+                u = jnp.zeros_like(g)
+            elif not factored_leaf:  # full second moment
+                g32 = g.astype(_F32)
+                g2 = jnp.square(g32) + eps32
                 v = jnp.maximum(beta * v + (1.0 - beta) * g2, tiny)
                 u = g32 * jax.lax.rsqrt(v)
             else:  # factored: the reduced axes are those of size 1 in the statistics
+                g32 = g.astype(_F32)
+                g2 = jnp.square(g32) + eps32
                 col_axes = tuple(i for i in range(g.ndim) if r.shape[i] != g.shape[i])
                 row_axes = tuple(i for i in range(g.ndim) if c.shape[i] != g.shape[i])
                 r_new = jnp.mean(g2, axis=col_axes, keepdims=True)
@@ -371,7 +424,7 @@ def clip_by_update_rms(clipping_threshold: float = 1.0) -> optax.GradientTransfo
       >>> print(u["a"].round(3), u["b"].round(3))
       [1. 1. 1. 1.] [0.5 0.5 0.5 0.5]
     """
-    check_range("clipping_threshold", clipping_threshold, low=1.0)
+    check_number("clipping_threshold", clipping_threshold, low=1.0)
 
     def update_fn(updates, state, params=None):
         del params
@@ -418,13 +471,14 @@ def momentum_ema(momentum: float) -> optax.GradientTransformation:
       >>> print(u.round(4))
       [0.19 0.19]
     """
-    check_range("momentum", momentum, low=0.0, high=1.0, high_open=True)
+    check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
 
     def init_fn(params):
         return MomentumEmaState(m=jax.tree.map(lambda p: _zeros_reduced(p, None), params))
 
     def update_fn(updates, state, params=None):
         del params
+        check_same_shapes("updates", updates, state.m, "the parameters given to init")
         b1 = jnp.asarray(momentum, _F32)
         m = jax.tree.map(lambda u, m: b1 * m + (1.0 - b1) * u.astype(_F32), updates, state.m)
         out = jax.tree.map(lambda m, u: m.astype(u.dtype), m, updates)
@@ -458,7 +512,7 @@ def scale_by_param_rms(eps_scale: float = 1e-3) -> optax.GradientTransformation:
       >>> print(u["w"], u["z"])
       [2. 2. 2.] [0.001 0.001 0.001]
     """
-    check_range("eps_scale", eps_scale, low=0.0)
+    check_number("eps_scale", eps_scale, low=0.0)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -466,6 +520,7 @@ def scale_by_param_rms(eps_scale: float = 1e-3) -> optax.GradientTransformation:
                 "scale_by_param_rms needs the current parameters: call "
                 "update(updates, state, params)."
             )
+        check_same_shapes("params", params, updates, "the updates")
         floor = jnp.asarray(eps_scale, _F32)
 
         def scale(u, p):
@@ -513,6 +568,27 @@ def relative_step_size(
 # --------------------------------------------------------------------------- optimizer
 
 
+def _descend_float_leaves() -> optax.GradientTransformation:
+    """The sign flip of gradient descent, and zero updates for integer/boolean parameters.
+
+    Stateless like ``optax.scale(-1.0)`` (same state); without ``params`` every leaf is
+    negated.
+    """
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            return jax.tree.map(lambda u: -u, updates), state
+
+        def descend(u, p):
+            if jnp.issubdtype(jnp.result_type(p), jnp.inexact):
+                return -u
+            return jnp.zeros_like(u)
+
+        return jax.tree.map(descend, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def adafactor(
     learning_rate: optax.ScalarOrSchedule | None = None,
     min_dim_size_to_factor: int = 128,
@@ -548,10 +624,24 @@ def adafactor(
     when both axes are ≥ 128 (the default here too), apply momentum last, and with
     ``learning_rate=None`` optax applies no step size at all.
 
-    Under ``optax.inject_hyperparams`` the numeric arguments become injectable;
-    ``min_dim_size_to_factor`` is only read by ``init`` (keep it static if ``init``
-    is jitted) and callable ``weight_decay_mask``/``factored_axes`` must be listed
-    in ``static_args`` (otherwise they are taken for schedules).
+    Under ``optax.inject_hyperparams``, list the structural arguments in
+    ``static_args``::
+
+        optax.inject_hyperparams(adafactor, static_args=("min_dim_size_to_factor",))
+
+    ``min_dim_size_to_factor`` (like ``factored`` and ``factored_axes``) fixes the
+    factoring, i.e. the state shapes, at ``init``: it must be a static Python int, and
+    the JAX array that ``inject_hyperparams`` makes of an unlisted int raises a
+    ``TypeError`` naming ``static_args`` (so it can never be changed later and silently
+    ignored). Callable ``weight_decay_mask``/``factored_axes`` must be listed too
+    (otherwise they are taken for schedules). The other numeric arguments
+    (``learning_rate``, ``decay_rate``, ``decay_offset``, ``clipping_threshold``,
+    ``momentum``, ``weight_decay_rate``, ``eps``, ``eps_scale``) are read at every step,
+    so injecting or changing them takes effect at the next update; ``decay_offset``
+    shifts the decay schedule from that step on.
+
+    Integer and boolean leaves of the parameter tree are left untrained (zero update,
+    no weight decay); see :func:`scale_by_factored_rms` for non-finite gradients.
 
     Args:
       learning_rate: constant or schedule ``α``; ``None`` for :func:`relative_step_size`.
@@ -567,13 +657,20 @@ def adafactor(
       eps: ``ε1``, added to the squared gradients.
       factored: ``False`` keeps full second moments everywhere.
       weight_decay_mask: mask (pytree or callable) of the leaves weight decay
-        applies to, as in ``optax.add_decayed_weights``.
+        applies to, as in ``optax.add_decayed_weights`` (integer and boolean leaves
+        are never decayed).
       eps_scale: ``ε2``, the floor of the parameter scale.
       factored_axes: which axes to factor (see :data:`FactoredAxes`); by default the
         two largest axes.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (``update`` needs ``params``).
+
+    Raises:
+      TypeError: for an argument of the wrong type (a string for a number, a JAX
+        array for ``min_dim_size_to_factor``, a non-bool flag).
+      ValueError: for an argument out of range; in ``update``, for gradients or
+        parameters whose tree structure or shapes differ from those given to ``init``.
 
     Reference:
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
@@ -591,10 +688,18 @@ def adafactor(
       >>> print(round(float(params["w"][0, 0]), 4))
       0.97
     """
-    check_range("learning_rate", learning_rate, low=0.0)
-    check_range("weight_decay_rate", weight_decay_rate, low=0.0)
-    if not isinstance(factored, bool) or not isinstance(multiply_by_parameter_scale, bool):
-        raise TypeError("`factored` and `multiply_by_parameter_scale` must be Python bools.")
+    check_number("learning_rate", learning_rate, allow_none=True, allow_schedule=True, low=0.0)
+    check_number(
+        "weight_decay_rate", weight_decay_rate, allow_none=True, allow_schedule=True, low=0.0
+    )
+    check_number("clipping_threshold", clipping_threshold, allow_none=True, low=1.0)
+    check_number("momentum", momentum, allow_none=True, low=0.0, high=1.0, high_open=True)
+    for name, flag in (
+        ("factored", factored),
+        ("multiply_by_parameter_scale", multiply_by_parameter_scale),
+    ):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a Python bool, got {describe(flag)}.")
     if learning_rate is None:
         learning_rate = relative_step_size(multiply_by_parameter_scale)
     tx = [
@@ -614,9 +719,9 @@ def adafactor(
     if multiply_by_parameter_scale:
         tx.append(scale_by_param_rms(eps_scale))
     else:
-        check_range("eps_scale", eps_scale, low=0.0)
+        check_number("eps_scale", eps_scale, low=0.0)
     tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
     if weight_decay_rate is not None:
         tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
-    tx.append(optax.scale(-1.0))
+    tx.append(_descend_float_leaves())
     return optax.chain(*tx)

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_contrib._checks import check_same_structure, shape_error
+
 __all__ = ["LazyState", "lazy"]
 
 _POLICIES = ("article", "frozen")
@@ -53,9 +55,11 @@ class LazyState(NamedTuple):
 
 
 class _Plan(NamedTuple):
-    """How one parameter leaf is handled in a step (built at trace time)."""
+    """How one parameter leaf is handled in a step (built at trace time by :func:`_plan_leaf`)."""
 
     kind: str  # "plain" (not lazy) | "dense" (masked) | "sparse" (gathered rows)
+    grad: Any  # the gradient given to the inner optimizer
+    param: Any  # the parameter given to the inner optimizer (None without params)
     table_shape: tuple[int, ...] | None = None
     touched: jax.Array | None = None  # dense: bool (num_rows,)
     uids: jax.Array | None = None  # sparse: sorted distinct row ids (n,), padding >= num_rows
@@ -169,6 +173,10 @@ def _unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"table with {num_rows} rows is too large for int32 row ids")
     if ids.dtype.itemsize < 4:
         ids = ids.astype(_INDEX_DTYPE)
+    if _explicit_spec(ids) is not None:
+        # Ids straight from a batch sharded over explicit mesh axes: the sort inside
+        # jnp.unique needs the whole id list on every device (a few KB).
+        ids = jax.sharding.reshard(ids, jax.sharding.PartitionSpec())
     valid = (ids >= 0) & (ids < num_rows)
     ids = jnp.where(valid, ids, num_rows).astype(_INDEX_DTYPE)
     uids, inverse = jnp.unique(ids, size=n, fill_value=num_rows, return_inverse=True)
@@ -189,10 +197,10 @@ def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
     return spec
 
 
-def _gather(x: jax.Array, plan: _Plan) -> jax.Array:
+def _gather(x: jax.Array, uids: jax.Array) -> jax.Array:
     spec = _explicit_spec(x)
     out_sharding = None if spec is None else jax.sharding.PartitionSpec(None, *spec[1:])
-    return x.at[plan.uids].get(
+    return x.at[uids].get(
         mode="fill",
         fill_value=0,
         indices_are_sorted=True,
@@ -201,8 +209,8 @@ def _gather(x: jax.Array, plan: _Plan) -> jax.Array:
     )
 
 
-def _scatter(x: jax.Array, rows: jax.Array, plan: _Plan, add: bool = False) -> jax.Array:
-    ref = x.at[plan.uids]
+def _scatter(x: jax.Array, rows: jax.Array, uids: jax.Array, add: bool = False) -> jax.Array:
+    ref = x.at[uids]
     method = ref.add if add else ref.set
     return method(
         rows.astype(x.dtype),
@@ -210,6 +218,82 @@ def _scatter(x: jax.Array, rows: jax.Array, plan: _Plan, add: bool = False) -> j
         indices_are_sorted=True,
         unique_indices=True,
         out_sharding=_explicit_spec(x),
+    )
+
+
+def _plan_leaf(g: Any, p: Any, is_lazy: bool, ids: jax.Array | None, sparse_ok: bool) -> _Plan:
+    """The plan of one parameter leaf: which path it takes and what the inner optimizer sees.
+
+    Args:
+      g: the gradient leaf (the table gradient, or pre-gathered rows ``(n_ids,) + row``).
+      p: the parameter leaf, or None (``update`` called without params; then no row ids).
+      is_lazy: whether the mask selects this leaf.
+      ids: validated 1-D row ids for this leaf, or None (non-zero-gradient rule).
+      sparse_ok: frozen policy and an elementwise inner optimizer.
+    """
+    if not is_lazy:
+        return _Plan("plain", g, p)
+    table_shape = tuple(p.shape) if p is not None else tuple(g.shape)
+    gathered = tuple(g.shape) != table_shape
+    if gathered and (ids is None or tuple(g.shape) != ids.shape + table_shape[1:]):
+        raise ValueError(
+            f"gradient of a lazy parameter of shape {table_shape} must have that shape, "
+            f"or be pre-gathered rows of shape (n_ids,) + {table_shape[1:]} with row_ids "
+            f"of shape (n_ids,); got gradient shape {tuple(g.shape)} and row_ids "
+            f"{None if ids is None else ids.shape}"
+        )
+    num_rows = table_shape[0]
+    if ids is None:
+        touched = jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+        return _Plan("dense", g, p, table_shape, touched=touched)
+    if ids.shape[0] == 0:
+        touched = jnp.zeros((num_rows,), bool)
+        grad = jnp.zeros_like(p, g.dtype) if gathered else jnp.zeros_like(g)
+        return _Plan("dense", grad, p, table_shape, touched=touched)
+    uids, inverse = _unique_rows(ids, num_rows)
+    if gathered:
+        g_rows = jax.ops.segment_sum(g, inverse, num_segments=ids.shape[0])
+    else:
+        g_rows = _gather(g, uids)
+    if sparse_ok:
+        p_rows = None if p is None else _gather(p, uids)
+        return _Plan("sparse", g_rows, p_rows, table_shape, uids=uids)
+    touched = jnp.zeros((num_rows,), bool).at[uids].set(True, mode="drop")
+    grad = _scatter(jnp.zeros_like(p, g.dtype), g_rows, uids, add=True) if gathered else g
+    return _Plan("dense", grad, p, table_shape, touched=touched)
+
+
+def _emit(u: jax.Array, plan: _Plan, ref_leaf: jax.Array) -> jax.Array:
+    """The update returned for one leaf from the inner update ``u`` and the leaf's plan."""
+    if plan.kind == "plain":
+        return u
+    if plan.kind == "dense":
+        return jnp.where(_row_shape(plan.touched, u.ndim), u, jnp.zeros_like(u))
+    # Scatter-add into zeros: XLA folds `params + updates` into one in-place scatter when
+    # the step is jitted with donated params. `ref_leaf` gives the table's shape (and,
+    # under explicit sharding, its sharding).
+    return _scatter(jnp.zeros_like(ref_leaf, u.dtype), u, plan.uids, add=True)
+
+
+def _non_elementwise_error(path: str, leaf: Any, table_shape: tuple[int, ...]) -> ValueError:
+    return ValueError(
+        f"elementwise=True, but the inner state holds a leaf of shape {np.shape(leaf)} for "
+        f"the lazy parameter {path or '(root)'} of shape {tuple(table_shape)}: the inner "
+        f"optimizer is not elementwise (e.g. factored statistics such as AdaFactor's); use "
+        f"elementwise=False"
+    )
+
+
+def _is_row_stat_mismatch(leaf: Any, table_shape: tuple[int, ...]) -> bool:
+    """A floating state leaf of a parameter copy that is not shaped like its parameter.
+
+    Scalars are global (counts, injected hyperparameters) and integer leaves are not
+    per-entry statistics (e.g. PRNG keys), so neither counts.
+    """
+    return (
+        np.ndim(leaf) >= 1
+        and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        and np.shape(leaf) != tuple(table_shape)
     )
 
 
@@ -280,13 +364,19 @@ def lazy(
     that ``inner`` treats every entry independently (Adam/AdamW/Adamax/Lion,
     SGD with or without momentum, RMSProp, per-entry clipping, schedules); do not
     set it for transformations that look at a whole tensor (global-norm clipping,
-    AdaFactor, LAMB/LARS trust ratios, Shampoo, ...). Otherwise (``"article"``,
-    which must update every row's state, or a non-elementwise ``inner``) the ids
+    AdaFactor, LAMB/LARS trust ratios, Shampoo, ...). Where the inner state shows it
+    (a floating state leaf of a lazy parameter's copy, such as AdaFactor's factored
+    row statistics, shaped unlike the parameter) ``elementwise=True`` raises a
+    ``ValueError`` at ``init`` whatever the policy (and in the sparse path of
+    ``update``); a whole-tensor transformation whose state does not show it (e.g.
+    global-norm clipping) cannot be detected. Otherwise (``"article"``, which must
+    update every row's state, or a non-elementwise ``inner``) the ids
     define the touched mask of the dense masked path, which is correct for any
     inner optimizer.
 
-    The gradient of a lazy leaf is the dense table gradient. With ``row_ids`` and
-    ``params`` given, it may instead be the pre-gathered row gradient of shape
+    ``row_ids`` need ``params`` (the tables' shapes; without them ``update`` raises a
+    ``ValueError``). The gradient of a lazy leaf is the dense table gradient. With
+    ``row_ids`` (and ``params``), it may instead be the pre-gathered row gradient of shape
     ``(n_ids,) + table.shape[1:]`` (``n_ids != num_rows``; rows of repeated ids are
     summed), which avoids building the dense gradient; the returned update always
     has the table's shape. Pre-gathered gradients cannot pass through
@@ -297,6 +387,14 @@ def lazy(
     pass the ids of all micro-batches. ``lazy`` has no numeric hyperparameters:
     wrap the inner optimizer in ``optax.inject_hyperparams`` to change its learning
     rate through ``state.inner_state.hyperparams``.
+
+    Any inner state optax's transformations accept works, Python scalar leaves
+    included. Non-finite gradients: a row with a NaN or infinite entry is touched
+    under the non-zero rule, so its update is non-finite (NaN in, NaN out); with
+    ``row_ids`` the gradients of unlisted rows are ignored whatever their values
+    (under ``"article"`` the inner state still sees them). Gradients whose tree
+    structure differs from ``params``, or non-lazy leaves of another shape, raise a
+    ``ValueError`` naming the leaf.
 
     Sharding: the state is built by ``inner.init``, so an eager ``init`` (or a
     jitted one under explicit sharding) keeps the per-parameter leaves sharded like
@@ -342,10 +440,25 @@ def lazy(
     inner = optax.with_extra_args_support(inner)
     sparse_ok = policy == "frozen" and elementwise
 
+    def check_elementwise(inner_state: Any, params: optax.Params, flags: list[bool]) -> None:
+        """Raises if a lazy parameter's copy in the inner state is shaped unlike it."""
+        leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+
+        def check(i: int, leaf: Any) -> Any:
+            path, p = leaves_with_path[i]
+            if flags[i] and _is_row_stat_mismatch(leaf, np.shape(p)):
+                raise _non_elementwise_error(jax.tree_util.keystr(path), leaf, np.shape(p))
+            return leaf
+
+        _map_param_copies(check, inner_state, treedef=treedef)
+
     def init_fn(params: optax.Params) -> LazyState:
         flags = _lazy_flags(mask, params)
         _check_lazy_leaves(params, flags)
-        return LazyState(inner_state=inner.init(params))
+        inner_state = inner.init(params)
+        if elementwise:
+            check_elementwise(inner_state, params, flags)
+        return LazyState(inner_state=inner_state)
 
     def update_fn(
         updates: optax.Updates,
@@ -359,62 +472,34 @@ def lazy(
         flags = _lazy_flags(mask, ref)
         _check_lazy_leaves(ref, flags)
         g_leaves, treedef = jax.tree.flatten(updates)
+        if params is not None:
+            check_same_structure("updates", updates, params, "the parameters")
         p_leaves = treedef.flatten_up_to(params) if params is not None else [None] * len(flags)
         ids_leaves = _row_ids_per_leaf(row_ids, ref, flags)
-
-        plans: list[_Plan] = []
-        inner_g: list[Any] = []
-        inner_p: list[Any] = []
-        for g, p, flag, ids in zip(g_leaves, p_leaves, flags, ids_leaves):
-            table_shape = tuple(p.shape) if p is not None else tuple(g.shape)
-            if not flag:
-                plans.append(_Plan("plain"))
-                inner_g.append(g)
-                inner_p.append(p)
-                continue
-            gathered = tuple(g.shape) != table_shape
-            if gathered and (ids is None or tuple(g.shape) != ids.shape + table_shape[1:]):
-                raise ValueError(
-                    f"gradient of a lazy parameter of shape {table_shape} must have that shape, "
-                    f"or be pre-gathered rows of shape (n_ids,) + {table_shape[1:]} with row_ids "
-                    f"of shape (n_ids,); got gradient shape {tuple(g.shape)} and row_ids "
-                    f"{None if ids is None else ids.shape}"
-                )
-            num_rows = table_shape[0]
-            if ids is None:
-                touched = jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
-                plans.append(_Plan("dense", table_shape, touched=touched))
-                inner_g.append(g)
-                inner_p.append(p)
-                continue
-            if ids.shape[0] == 0:
-                touched = jnp.zeros((num_rows,), bool)
-                plans.append(_Plan("dense", table_shape, touched=touched))
-                inner_g.append(jnp.zeros_like(p, g.dtype) if gathered else jnp.zeros_like(g))
-                inner_p.append(p)
-                continue
-            uids, inverse = _unique_rows(ids, num_rows)
-            plan = _Plan("sparse", table_shape, uids=uids)
-            if gathered:
-                g_rows = jax.ops.segment_sum(g, inverse, num_segments=ids.shape[0])
-            else:
-                g_rows = _gather(g, plan)
-            if sparse_ok:
-                plans.append(plan)
-                inner_g.append(g_rows)
-                inner_p.append(None if p is None else _gather(p, plan))
-                continue
-            touched = jnp.zeros((num_rows,), bool).at[uids].set(True, mode="drop")
-            plans.append(_Plan("dense", table_shape, touched=touched))
-            inner_g.append(
-                _scatter(jnp.zeros_like(p, g.dtype), g_rows, plan, add=True) if gathered else g
+        if params is None and any(ids is not None for ids in ids_leaves):
+            raise ValueError(
+                "row_ids need the parameters (the tables' shapes tell a table gradient from "
+                "pre-gathered rows): call update(updates, state, params, row_ids=...)"
             )
-            inner_p.append(p)
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(ref)[0]]
+        for path, g, p, flag in zip(paths, g_leaves, p_leaves, flags):
+            if not flag and p is not None and np.shape(g) != np.shape(p):
+                raise shape_error("updates", path, np.shape(p), np.shape(g), "the parameter")
+
+        # Plan every leaf, then run the inner optimizer once on the planned gradients.
+        plans = [
+            _plan_leaf(g, p, flag, ids, sparse_ok)
+            for g, p, flag, ids in zip(g_leaves, p_leaves, flags, ids_leaves)
+        ]
 
         def row_view(i: int, leaf: Any) -> Any:
             plan = plans[i]
-            if plan.kind == "sparse" and np.shape(leaf) == plan.table_shape:
-                return _gather(leaf, plan)
+            if plan.kind != "sparse":
+                return leaf
+            if np.shape(leaf) == plan.table_shape:
+                return _gather(leaf, plan.uids)
+            if _is_row_stat_mismatch(leaf, plan.table_shape):
+                raise _non_elementwise_error(paths[i], leaf, plan.table_shape)
             return leaf
 
         inner_state = state.inner_state
@@ -422,9 +507,9 @@ def lazy(
             inner_state = _map_param_copies(row_view, inner_state, treedef=treedef)
 
         new_updates, new_inner_state = inner.update(
-            jax.tree.unflatten(treedef, inner_g),
+            jax.tree.unflatten(treedef, [plan.grad for plan in plans]),
             inner_state,
-            None if params is None else jax.tree.unflatten(treedef, inner_p),
+            None if params is None else jax.tree.unflatten(treedef, [plan.param for plan in plans]),
             **extra_args,
         )
 
@@ -433,7 +518,7 @@ def lazy(
             if plan.kind == "plain" or np.shape(old) != plan.table_shape:
                 return new
             if plan.kind == "sparse":
-                return _scatter(old, new, plan)
+                return _scatter(old, new, plan.uids)
             if policy == "frozen":
                 return jnp.where(_row_shape(plan.touched, old.ndim), new, old).astype(old.dtype)
             return new
@@ -443,19 +528,10 @@ def lazy(
                 merge, state.inner_state, new_inner_state, treedef=treedef
             )
 
-        u_leaves = treedef.flatten_up_to(new_updates)
         # Zeros shaped (and, under explicit sharding, sharded) like the table.
         ref_leaves = [g if p is None else p for g, p in zip(g_leaves, p_leaves)]
-        out: list[Any] = []
-        for u, plan, ref_leaf in zip(u_leaves, plans, ref_leaves):
-            if plan.kind == "plain":
-                out.append(u)
-            elif plan.kind == "dense":
-                out.append(jnp.where(_row_shape(plan.touched, u.ndim), u, jnp.zeros_like(u)))
-            else:
-                # Scatter-add into zeros: XLA folds `params + updates` into one in-place
-                # scatter when the step is jitted with donated params.
-                out.append(_scatter(jnp.zeros_like(ref_leaf, u.dtype), u, plan, add=True))
+        u_leaves = treedef.flatten_up_to(new_updates)
+        out = [_emit(u, plan, r) for u, plan, r in zip(u_leaves, plans, ref_leaves)]
         return jax.tree.unflatten(treedef, out), LazyState(inner_state=new_inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_contrib._hyperparams import as_float, check_range
+from optax_contrib._checks import check_number, check_same_shapes, describe
+from optax_contrib._hyperparams import as_float
 
 __all__ = ["LookaheadState", "lookahead", "lookahead_slow_params"]
 
@@ -81,8 +82,15 @@ def lookahead(
     must be applied unchanged (put ``lookahead`` last in a chain).
 
     Under ``optax.inject_hyperparams`` the numeric ``sync_period`` and
-    ``slow_step_size`` become injectable; ``inner`` (not a number) and
+    ``slow_step_size`` become injectable: both are read at every step, so a change
+    takes effect at the next update (a new ``sync_period`` is compared with the inner
+    steps taken since the last synchronisation). ``inner`` (not a number) and
     ``reset_state`` (a bool) stay static automatically.
+
+    The inner state may hold any leaves optax's own transforms accept, including
+    Python scalars (``reset_state`` selects between arrays made of them). A non-finite
+    inner update entry gives a non-finite emitted update entry, and at the next
+    synchronisation a non-finite slow weight (NaN in, NaN out).
 
     Args:
       inner: the fast optimizer (an ``optax.GradientTransformation``; extra args
@@ -96,6 +104,15 @@ def lookahead(
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``init`` and ``update`` take the
       plain parameter tree.
+
+    Raises:
+      TypeError: at construction, for an ``inner`` that is not a transformation, a
+        ``sync_period``/``slow_step_size`` that is not a real number (e.g. the string
+        ``"5"``), or a non-bool ``reset_state``; at ``init``, for
+        ``optax.LookaheadParams``.
+      ValueError: at construction, for values out of range; in ``update``, without
+        ``params``, or when the inner updates do not have the parameters' structure and
+        shapes.
 
     Reference:
       Zhang, Lucas, Hinton & Ba, "Lookahead Optimizer: k steps forward, 1 step
@@ -119,12 +136,13 @@ def lookahead(
         raise TypeError(
             f"`inner` must be an optax.GradientTransformation, got {type(inner).__name__}."
         )
+    check_number("sync_period", sync_period, integer=True)
     k = as_float(sync_period)
     if k is not None and not (k >= 1 and k.is_integer()):
         raise ValueError(f"`sync_period` must be an integer >= 1, got {sync_period!r}.")
-    check_range("slow_step_size", slow_step_size, low=0.0, low_open=True, high=1.0)
+    check_number("slow_step_size", slow_step_size, low=0.0, low_open=True, high=1.0)
     if not isinstance(reset_state, bool):
-        raise TypeError(f"`reset_state` must be a Python bool, got {reset_state!r}.")
+        raise TypeError(f"`reset_state` must be a Python bool, got {describe(reset_state)}.")
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: optax.Params) -> LookaheadState:
@@ -159,6 +177,11 @@ def lookahead(
             (params, state.slow_params),
         )
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        # The emitted update is applied to the parameters: a differently shaped inner update
+        # would broadcast silently.
+        check_same_shapes(
+            "updates", inner_updates, params, "the parameters (after the inner optimizer)"
+        )
         steps = state.steps_since_sync + 1
         sync = steps >= sync_period
 
@@ -180,9 +203,7 @@ def lookahead(
             # A select (not a cond): it fuses with the inner state update, and the fresh
             # state of the usual optimizers is a constant (zeros).
             inner_state = jax.tree.map(
-                lambda fresh, cur: jnp.where(sync, jnp.asarray(fresh, cur.dtype), cur),
-                inner.init(params),
-                inner_state,
+                lambda fresh, cur: _select(sync, fresh, cur), inner.init(params), inner_state
             )
         new_state = LookaheadState(
             inner_state=inner_state,
@@ -193,6 +214,20 @@ def lookahead(
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> jax.Array:
+    """``on_true if pred else on_false`` for one state leaf, with ``on_false``'s dtype.
+
+    Leaves may be Python scalars (optax's transformations accept them in states) or
+    typed PRNG keys, which ``jnp.where`` does not take directly.
+    """
+    on_false = jnp.asarray(on_false)
+    if jax.dtypes.issubdtype(on_false.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(on_false)
+        data = jnp.where(pred, jax.random.key_data(on_true), jax.random.key_data(on_false))
+        return jax.random.wrap_key_data(data, impl=impl)
+    return jnp.where(pred, jnp.asarray(on_true, on_false.dtype), on_false)
 
 
 def _find_lookahead_states(opt_state: Any) -> list[LookaheadState]:

@@ -1,7 +1,8 @@
 """Tests of optax_contrib.adafactor against optax.adafactor, a numpy transcription of
 Shazeer & Stern (ICML 2018), Algorithms 4-5, in float64 and closed forms; plus the
-compatibility matrix (jit, chain, inject_hyperparams, MultiSteps, nnx.Optimizer, sharding,
-checkpoints)."""
+AdaFactor-specific contracts (structural arguments under inject_hyperparams, int leaves,
+non-finite gradients, clear errors). The integrations shared by every transform are in
+tests/test_transform_matrix.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from optax_contrib.adafactor import (
     scale_by_factored_rms,
     scale_by_param_rms,
 )
-from tests.checkpoint_roundtrip import checkpoint_roundtrip
 
 # Factored matrix (second largest dim >= 128), rank-3 tensor, non-factored matrix/vector.
 SHAPES = {"w": (256, 128), "t": (3, 160, 130), "small": (64, 32), "b": (48,)}
@@ -98,7 +98,8 @@ def _np_adafactor(
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats, mom, out = {}, {}, []
     for t, grads in enumerate(grads_seq, start=1):
-        beta = 1.0 - max(t + offset, 1.0) ** (-c)
+        off = offset(t) if callable(offset) else offset
+        beta = 1.0 - max(t + off, 1.0) ** (-c)
         for k in sorted(p):
             g = np.asarray(grads[k], np.float64)
             axes = (axes_fn or _np_factored_axes)(g.shape, min_dim)
@@ -283,7 +284,9 @@ def test_decay_offset_closed_form_and_no_nan():
 def test_zero_gradients_and_zero_params_are_finite():
     params = {"w": jnp.zeros((256, 128)), "b": jnp.zeros((8,))}
     grads = jax.tree.map(jnp.zeros_like, params)
-    tx = optax.inject_hyperparams(adafactor)(learning_rate=0.1, eps=0.0)
+    tx = optax.inject_hyperparams(adafactor, static_args=("min_dim_size_to_factor",))(
+        learning_rate=0.1, eps=0.0
+    )
     traj, _ = _run(tx, params, [grads, grads])
     for x in jax.tree.leaves(traj):
         assert bool(jnp.all(x == 0.0))
@@ -336,136 +339,171 @@ def test_building_blocks_closed_forms():
     assert factored_axes_for((256, 128), factored=False) is None
 
 
-# --------------------------------------------------------------------------- compatibility
+# --------------------------------------------------------------------------- integrations
+# jit, chain, MultiSteps, nnx.Optimizer, TrainState, sharding, checkpoints, bf16 and int
+# leaves are covered for every transform by tests/test_transform_matrix.py; what follows
+# is specific to AdaFactor.
+
+STATIC = ("min_dim_size_to_factor",)
 
 
-def test_chain_with_clipping_and_schedule_matches_optax_under_jit():
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.02, 2, 6)
-    ours = optax.chain(optax.clip_by_global_norm(1.0), adafactor(schedule))
-    peer = optax.chain(optax.clip_by_global_norm(1.0), optax.adafactor(schedule))
-    params = _tree(jax.random.key(5))
-    grads = _grads_seq(4)
-    for a, b in zip(_run(ours, params, grads)[0], _run(peer, params, grads)[0]):
-        _assert_trees_close(a, b)
-
-
-def test_inject_hyperparams():
+def test_inject_hyperparams_numeric_args_take_effect():
+    """learning_rate and decay_offset changed through the state take effect at the next
+    step (numpy reference with the same per-step values)."""
     params = _tree(jax.random.key(6))
     grads = _grads_seq(3)
-    tx = optax.inject_hyperparams(adafactor)(learning_rate=0.01, decay_rate=0.8, momentum=0.5)
+    tx = optax.inject_hyperparams(adafactor, static_args=STATIC)(
+        learning_rate=0.01, decay_rate=0.8, momentum=0.5
+    )
     state = tx.init(params)
-    assert set(state.hyperparams) >= {"learning_rate", "decay_rate", "momentum", "eps"}
+    assert set(state.hyperparams) >= {"learning_rate", "decay_rate", "decay_offset", "momentum"}
+    assert "min_dim_size_to_factor" not in state.hyperparams
     update = jax.jit(tx.update)
     p = params
-    for g, lr in zip(grads, (0.01, 0.003, 0.003)):
+    for g, lr, offset in zip(grads, (0.01, 0.003, 0.003), (0, 0, 10)):
         state.hyperparams["learning_rate"] = jnp.asarray(lr)
+        state.hyperparams["decay_offset"] = jnp.asarray(offset)
         updates, state = update(g, state, p)
         p = optax.apply_updates(p, updates)
     # momentum is on, so optax.adafactor (momentum last) is a different algorithm: compare
-    # with the numpy transcription, learning rate 0.01 then 0.003.
-    expected = _np_adafactor(params, grads, lr=lambda t: 0.01 if t == 1 else 0.003, b1=0.5)
+    # with the numpy transcription, learning rate 0.01 then 0.003, offset 10 at step 3.
+    expected = _np_adafactor(
+        params,
+        grads,
+        lr=lambda t: 0.01 if t == 1 else 0.003,
+        b1=0.5,
+        offset=lambda t: 10 if t == 3 else 0,
+    )
     _assert_trees_close(p, expected[-1], rtol=2e-5, atol=1e-7)
-    # min_dim_size_to_factor must be static when init itself is traced
-    with pytest.raises(TypeError, match="static_args"):
+    # the offset did change the result
+    unchanged = _np_adafactor(params, grads, lr=lambda t: 0.01 if t == 1 else 0.003, b1=0.5)
+    assert not np.allclose(unchanged[-1]["w"], expected[-1]["w"], rtol=1e-6, atol=0)
+
+
+def test_structural_args_cannot_be_injected():
+    """min_dim_size_to_factor fixes the state shapes at init: unlisted in static_args it
+    raises (eager or jitted init) instead of being injectable and silently ignored."""
+    params = {"w": jnp.zeros((256, 128))}
+    tx = optax.inject_hyperparams(adafactor)(learning_rate=0.01)
+    with pytest.raises(TypeError, match=r"min_dim_size_to_factor.*static_args"):
+        tx.init(params)
+    with pytest.raises(TypeError, match=r"min_dim_size_to_factor.*static_args"):
         jax.jit(tx.init)(params)
-    static = optax.inject_hyperparams(adafactor, static_args=("min_dim_size_to_factor",))
-    jax.jit(static(learning_rate=0.01).init)(params)
+    with pytest.raises(TypeError, match="min_dim_size_to_factor"):
+        scale_by_factored_rms(min_dim_size_to_factor=jnp.asarray(128))
+    # listed: static, not in the state, so it cannot be changed later; the value is used
+    tx = optax.inject_hyperparams(adafactor, static_args=STATIC)(
+        learning_rate=0.01, min_dim_size_to_factor=512
+    )
+    state = jax.jit(tx.init)(params)
+    assert "min_dim_size_to_factor" not in state.hyperparams
+    assert state.inner_state[0].v["w"].shape == (256, 128)  # not factored with 512
+    # factored / factored_axes are not numbers: inject_hyperparams keeps them static
+    state = optax.inject_hyperparams(adafactor, static_args=STATIC)(
+        factored=False, factored_axes=(0, 1)
+    ).init(params)
+    assert not {"factored", "factored_axes"} & set(state.hyperparams)
 
 
-def test_multisteps_matches_optax_on_mean_gradient():
-    params = _tree(jax.random.key(7))
-    grads = _grads_seq(4)
-    ours = optax.MultiSteps(adafactor(0.01), every_k_schedule=2)
-    state = ours.init(params)
-    p = params
-    update = jax.jit(ours.update)
-    for g in grads:
-        u, state = update(g, state, p)
-        p = optax.apply_updates(p, u)
-    mean_grads = [jax.tree.map(lambda a, b: (a + b) / 2, grads[i], grads[i + 1]) for i in (0, 2)]
-    peer, _ = _run(optax.adafactor(0.01), params, mean_grads)
-    _assert_trees_close(p, peer[-1])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((4, 4, 4), (1, 2)), ((3, 4, 4), (1, 2)), ((4, 3, 4), (0, 2)), ((4, 4, 3), (0, 1))],
+)
+def test_factored_axes_ties_go_to_higher_indices_like_optax(shape, expected):
+    assert factored_axes_for(shape, min_dim_size_to_factor=2) == expected
+    params = {"t": jnp.ones(shape)}
+    grads = _grads_seq(2, {"t": shape})
+    ours, state = _run(adafactor(0.01, min_dim_size_to_factor=2), params, grads)
+    peer, _ = _run(optax.adafactor(0.01, min_dim_size_to_factor=2), params, grads)
+    for a, b in zip(ours, peer):
+        _assert_trees_close(a, b)
+    row, col = expected
+    assert state[0].v_row["t"].shape[col] == 1 and state[0].v_col["t"].shape[row] == 1
 
 
-def test_nnx_optimizer_loss_decreases():
-    nnx = pytest.importorskip("flax.nnx")
-
-    class MLP(nnx.Module):
-        def __init__(self, rngs):
-            self.l1 = nnx.Linear(16, 128, rngs=rngs)
-            self.l2 = nnx.Linear(128, 1, rngs=rngs)
-
-        def __call__(self, x):
-            return self.l2(jax.nn.tanh(self.l1(x)))
-
-    x = jax.random.normal(jax.random.key(0), (64, 16))
-    y = jnp.sin(x[:, :1])
-    model = MLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, adafactor(), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer):
-        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        optimizer.update(model, grads)
-        return loss
-
-    losses = [float(step(model, optimizer)) for _ in range(30)]
-    assert losses[-1] < 0.5 * losses[0]
+def test_int_leaves_are_not_trained():
+    """Integer leaves: zero update, no weight decay (optax.adafactor 0.2.8 gives NaN)."""
+    shapes = {"w": (256, 128), "b": (48,)}
+    params = _tree(jax.random.key(10), shapes)
+    counter = jnp.array([[3, -7], [1, 2]], jnp.int32)
+    grads = _grads_seq(2, shapes)
+    tx = adafactor(0.01, momentum=0.9, weight_decay_rate=0.1, min_dim_size_to_factor=2)
+    with_int, state = _run(
+        tx, dict(params, counter=counter), [dict(g, counter=0 * counter) for g in grads]
+    )
+    without, _ = _run(tx, params, grads)
+    for a, b in zip(with_int, without):
+        assert a["counter"].dtype == jnp.int32
+        np.testing.assert_array_equal(a["counter"], counter)
+        _assert_trees_close({k: a[k] for k in shapes}, b, rtol=0, atol=0)
+    assert state[0].v["counter"].shape == (2, 2)  # not factored, statistics unused
 
 
-def test_sharded_state_follows_params():
+def test_sharded_statistics_drop_the_reduced_axis():
+    """Factored statistics keep the parameter's mesh axes except the averaged one."""
     mesh = jax.make_mesh((8,), ("x",))
-    specs = {"w": P("x", None), "v": P(None, "x"), "b": P("x")}
-    shapes = {"w": (256, 128), "v": (128, 256), "b": (128,)}
+    specs = {"w": P("x", None), "v": P(None, "x")}
+    shapes = {"w": (256, 128), "v": (128, 256)}
     host = _tree(jax.random.key(8), shapes)
     with jax.set_mesh(mesh):
         params = {k: jax.device_put(host[k], NamedSharding(mesh, specs[k])) for k in host}
-        grads = _grads_seq(2, shapes)
-        grads = [{k: jax.device_put(g[k], NamedSharding(mesh, specs[k])) for k in g} for g in grads]
-        traj, state = _run(adafactor(0.01, momentum=0.9), params, grads)
-    rms, mom = state[0], state[2]
+        grads = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in host.items()}
+        tx = scale_by_factored_rms()
+        init_state = tx.init(params)
+        _, state = jax.jit(tx.update)(grads, init_state)
     expected = {
         "v_row": {"w": P("x", None), "v": P(None, None)},
         "v_col": {"w": P(None, None), "v": P(None, "x")},
     }
-    for field, per_leaf in expected.items():
-        for name, spec in per_leaf.items():
-            leaf = getattr(rms, field)[name]
-            assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim), (
-                field,
-                name,
-                leaf.sharding,
-            )
-    assert rms.v["b"].sharding.is_equivalent_to(NamedSharding(mesh, P("x")), 1)
-    for name, spec in specs.items():
-        assert mom.m[name].sharding.is_equivalent_to(NamedSharding(mesh, spec), len(shapes[name]))
-        assert traj[-1][name].sharding.is_equivalent_to(
-            NamedSharding(mesh, spec), len(shapes[name])
-        )
-    # same numbers as the unsharded run
-    unsharded, _ = _run(adafactor(0.01, momentum=0.9), host, _grads_seq(2, shapes))
-    _assert_trees_close(jax.device_get(traj[-1]), unsharded[-1])
+    for rms_state in (init_state, state):
+        for field, per_leaf in expected.items():
+            for name, spec in per_leaf.items():
+                leaf = getattr(rms_state, field)[name]
+                assert leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), leaf.ndim), (
+                    field,
+                    name,
+                    leaf.sharding,
+                )
 
 
-def test_checkpoint_roundtrip_continues_identically(tmp_path):
-    tx = adafactor(momentum=0.9)
-    params = _tree(jax.random.key(9))
-    grads = _grads_seq(4)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    p = params
-    for g in grads[:2]:
-        u, state = update(g, state, p)
-        p = optax.apply_updates(p, u)
-    restored = checkpoint_roundtrip(state, tmp_path)
-    assert jax.tree.structure(restored) == jax.tree.structure(state)
-    a, b = p, p
-    for g in grads[2:]:
-        u, state = update(g, state, a)
-        a = optax.apply_updates(a, u)
-        u, restored = update(g, restored, b)
-        b = optax.apply_updates(b, u)
-    _assert_trees_close(a, b, rtol=0, atol=0)
+# --------------------------------------------------------------------------- non-finite input
+
+_NONFINITE_TX = {}
+
+
+def _nonfinite_step(min_dim):
+    if min_dim not in _NONFINITE_TX:
+        tx = adafactor(0.01, momentum=0.5, min_dim_size_to_factor=min_dim)
+
+        @jax.jit
+        def step(params, grads):
+            return tx.update(grads, tx.init(params), params)[0]
+
+        _NONFINITE_TX[min_dim] = step
+    return _NONFINITE_TX[min_dim]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.sampled_from([2, 3]), min_size=1, max_size=3),
+    value=st.sampled_from([np.nan, np.inf, -np.inf]),
+    min_dim=st.sampled_from([2, 128]),
+    data=st.data(),
+)
+def test_nonfinite_gradients_give_nonfinite_updates(shape, value, min_dim, data):
+    """Each NaN/±inf gradient entry gives a non-finite update entry (factored or not);
+    another tensor's update stays finite."""
+    shape = tuple(shape)
+    size = int(np.prod(shape))
+    positions = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=3, unique=True))
+    rng = np.random.default_rng(size)
+    g = rng.normal(size=size).astype(np.float32)
+    g[positions] = value
+    params = {"a": jnp.ones(shape), "clean": jnp.ones((3,))}
+    grads = {"a": jnp.asarray(g.reshape(shape)), "clean": jnp.ones((3,))}
+    updates = _nonfinite_step(min_dim)(params, grads)
+    assert not np.any(np.isfinite(np.asarray(updates["a"]).reshape(-1)[positions]))
+    assert np.all(np.isfinite(np.asarray(updates["clean"])))
 
 
 # --------------------------------------------------------------------------- bad input
@@ -483,12 +521,71 @@ def test_checkpoint_roundtrip_continues_identically(tmp_path):
         (dict(learning_rate=-0.1), "learning_rate"),
         (dict(weight_decay_rate=-0.1), "weight_decay_rate"),
         (dict(min_dim_size_to_factor=0), "min_dim_size_to_factor"),
+        (dict(min_dim_size_to_factor=2.5), "min_dim_size_to_factor"),
         (dict(learning_rate=float("nan")), "learning_rate"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         adafactor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(learning_rate="0.01"), r"`learning_rate` must be a real number.*got str '0.01'"),
+        (dict(decay_rate="0.8"), r"`decay_rate` must be a real number.*got str"),
+        (dict(decay_offset="5"), "`decay_offset` must be a real number"),
+        (dict(momentum="0.9"), "`momentum` must be a real number"),
+        (dict(clipping_threshold=[1.0]), "`clipping_threshold` must be a real number"),
+        (dict(eps=None), "`eps` must be a real number"),
+        (dict(eps_scale=True), "`eps_scale` must be a real number.*got bool"),
+        (dict(weight_decay_rate="1e-4"), "`weight_decay_rate` must be a real number"),
+        (dict(min_dim_size_to_factor="128"), "`min_dim_size_to_factor` must be an integer"),
+        (dict(min_dim_size_to_factor=jnp.asarray(128)), "static_args"),
+        (dict(factored=1), "`factored` must be a Python bool"),
+        (dict(multiply_by_parameter_scale="yes"), "`multiply_by_parameter_scale` must be"),
+    ],
+)
+def test_bad_argument_types_raise_at_construction(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        adafactor(**kwargs)
+
+
+NOT_NUMBERS = st.one_of(
+    st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.lists(st.floats(allow_nan=False), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+    st.just(np.ones(2)),
+    st.just(1 + 2j),
+)
+OPTIONAL = {"learning_rate", "clipping_threshold", "momentum", "weight_decay_rate"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(
+        [
+            "learning_rate",
+            "min_dim_size_to_factor",
+            "decay_rate",
+            "decay_offset",
+            "clipping_threshold",
+            "momentum",
+            "weight_decay_rate",
+            "eps",
+            "eps_scale",
+        ]
+    ),
+    value=NOT_NUMBERS,
+)
+def test_non_numbers_raise_type_error_naming_the_argument(name, value):
+    if value is None and name in OPTIONAL:
+        return
+    with pytest.raises(TypeError, match=f"`{name}`"):
+        adafactor(**{name: value})
 
 
 def test_bad_axes_and_dtypes_raise():
@@ -498,9 +595,63 @@ def test_bad_axes_and_dtypes_raise():
     with pytest.raises(ValueError, match="factored_axes"):
         adafactor(factored_axes=(0, 5)).init(w)
     with pytest.raises(TypeError, match="floating"):
-        adafactor().init(jnp.zeros((4,), jnp.int32))
-    with pytest.raises(TypeError, match="bool"):
-        adafactor(factored=1)
+        adafactor().init(jnp.zeros((4,), jnp.complex64))
     tx = adafactor(0.01)
     with pytest.raises(ValueError, match="params"):
         tx.update(w, tx.init(w))
+
+
+def test_mismatched_gradients_raise_clear_errors():
+    """Gradients must have the structure and shapes of the parameters given to init
+    (a wrong shape of a factored leaf used to fail with IndexError)."""
+    params = {"w": jnp.zeros((256, 128)), "b": jnp.zeros((48,))}
+    tx = adafactor(0.01)
+    state = tx.init(params)
+    bad = [
+        (
+            {"w": jnp.zeros((256,)), "b": jnp.zeros((48,))},
+            r"\['w'\].*expected \(256, 128\), got \(256,\)",
+        ),
+        (
+            {"w": jnp.zeros((128, 256)), "b": jnp.zeros((48,))},
+            r"\['w'\].*expected \(256, 128\), got \(128, 256\)",
+        ),
+        (
+            {"w": jnp.zeros((256, 128)), "b": jnp.zeros((47,))},
+            r"\['b'\].*expected \(48,\), got \(47,\)",
+        ),
+        (
+            {"w": jnp.zeros((256, 128))},
+            r"`updates` must have the tree structure.*missing leaves \[\"\['b'\]\"\]",
+        ),
+        (dict(params, c=jnp.zeros(3)), r"unexpected leaves \[\"\['c'\]\"\]"),
+    ]
+    for grads, match in bad:
+        with pytest.raises(ValueError, match=match):
+            tx.update(grads, state, params)
+        with pytest.raises(ValueError, match=match):
+            jax.jit(tx.update)(grads, state, params)
+    # the parameters given to update are checked too (parameter scale)
+    with pytest.raises(ValueError, match=r"`params` leaf \['b'\].*expected \(48,\), got \(4,\)"):
+        tx.update(params, state, dict(params, b=jnp.zeros(4)))
+    with pytest.raises(ValueError, match=r"`updates` leaf"):
+        momentum_ema(0.9).update(jnp.zeros(3), momentum_ema(0.9).init(jnp.zeros(4)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 300), min_size=1, max_size=3),
+    axis=st.integers(0, 2),
+    delta=st.sampled_from([-1, 1]),
+)
+def test_wrong_gradient_shape_always_names_both_shapes(shape, axis, delta):
+    shape = tuple(shape)
+    axis = axis % len(shape)
+    wrong = tuple(d + delta if i == axis else d for i, d in enumerate(shape))
+    if min(wrong) < 1:
+        return
+    tx = scale_by_factored_rms()
+    state = jax.eval_shape(tx.init, jax.ShapeDtypeStruct(shape, jnp.float32))
+    with pytest.raises(ValueError) as info:
+        jax.eval_shape(tx.update, jax.ShapeDtypeStruct(wrong, jnp.float32), state)
+    assert f"expected {shape}, got {wrong}" in str(info.value)

@@ -2,7 +2,8 @@
 
 References: dense ``optax`` optimizers run side by side (article policy), a
 hand-written numpy LazyAdam with TF-Addons semantics (frozen policy), and the
-dense masked path (for the sparse path).
+dense masked path (for the sparse path). The integrations shared by every transform
+are in tests/test_transform_matrix.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optax_contrib import LazyState, lazy
-from tests.checkpoint_roundtrip import checkpoint_roundtrip
+from optax_contrib import adafactor, lazy
 
 N, D = 12, 3  # table rows, embedding width
 LR, B1, B2, EPS = 0.1, 0.9, 0.999, 1e-8
@@ -302,172 +302,59 @@ def test_mask_and_row_ids_structures(mask, ids_as):
     np.testing.assert_allclose(new_table, p_ref, rtol=1e-5, atol=1e-6)
 
 
-# --- compatibility -----------------------------------------------------------------------
+# --- integrations --------------------------------------------------------------------------
+# jit, chain, inject_hyperparams (outer and inner), MultiSteps, nnx.Optimizer, TrainState,
+# sharding (Auto and Explicit meshes, sparse path included), donation, checkpoints, bf16,
+# int leaves and Python-scalar inner states are covered for every transform by
+# tests/test_transform_matrix.py.
 
 
-def test_jit_and_eager_agree():
-    rng = np.random.default_rng(7)
-    p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-    grads = [_sparse_grads(rng, [1, 2]), _sparse_grads(rng, [2, 3])]
-    ids_seq = [jnp.array([1, 2, 1]), jnp.array([3, 2, -1])]
-    tx = lazy(optax.adam(LR), policy="frozen", elementwise=True)
-    pj, _ = _run(tx, p0, grads, ids_seq, jit=True)
-    pe, _ = _run(tx, p0, grads, ids_seq, jit=False)
-    np.testing.assert_allclose(pj, pe, rtol=1e-6, atol=1e-7)
+# --- non-finite input ------------------------------------------------------------------------
 
-
-def test_chain_with_clipping_and_schedule():
-    rng = np.random.default_rng(8)
-    p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-    batches = [[0, 4], [4, 6, 6], [1, 0], [6, 11]]
-    grads = [_sparse_grads(rng, b) * 3.0 for b in batches]
-    schedule = optax.linear_schedule(0.1, 0.01, transition_steps=4)
-    tx = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        lazy(optax.adam(schedule), policy="frozen", elementwise=True),
+_NONFINITE = {
+    name: jax.jit(
+        lambda g, p, ids, tx=tx: (
+            tx.update(g, tx.init(p), p, row_ids=ids)[0]
+            if ids is not None
+            else tx.update(g, tx.init(p), p)[0]
+        )
     )
-    p, _ = _run(tx, p0, grads, [jnp.array(b + [-1]) for b in batches])
-    clipped = [np.asarray(g) * min(1.0, 1.0 / np.linalg.norm(np.asarray(g))) for g in grads]
-    lrs = [float(schedule(t)) for t in range(4)]
-    p_ref, _, _ = np_lazy_adam(p0, clipped, [_rows(b, N) for b in batches], lrs)
-    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+    for name, tx in {
+        "article": lazy(optax.adam(LR)),
+        "frozen_sparse": lazy(optax.adam(LR), policy="frozen", elementwise=True),
+    }.items()
+}
 
 
-def test_inject_hyperparams_inner():
-    rng = np.random.default_rng(9)
+@settings(max_examples=25, deadline=None)
+@given(
+    positions=st.lists(st.integers(0, N * D - 1), min_size=1, max_size=3, unique=True),
+    value=st.sampled_from([np.nan, np.inf, -np.inf]),
+    variant=st.sampled_from(["article", "frozen_sparse"]),
+    with_ids=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_nonfinite_gradients_give_nonfinite_updates(positions, value, variant, with_ids, seed):
+    """A NaN/±inf gradient entry gives a non-finite update entry (its row is touched under
+    the non-zero rule, and listed here when ids are given); the other entries are finite.
+    Rows not listed in row_ids are ignored, whatever their gradient (documented)."""
+    rng = np.random.default_rng(seed)
     p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-    batches = [[1, 2], [2, 3], [3, 1]]
-    grads = [_sparse_grads(rng, b) for b in batches]
-    tx = lazy(
-        optax.inject_hyperparams(optax.adam)(learning_rate=LR), policy="frozen", elementwise=True
-    )
-    step = jax.jit(tx.update)
-    p, s = p0, tx.init(p0)
-    for i, (g, b) in enumerate(zip(grads, batches)):
-        if i == 2:
-            s.inner_state.hyperparams["learning_rate"] = jnp.asarray(0.01)
-        u, s = step(g, s, p, row_ids=jnp.array(b))
-        p = optax.apply_updates(p, u)
-    assert float(s.inner_state.hyperparams["learning_rate"]) == pytest.approx(0.01)
-    p_ref, _, _ = np_lazy_adam(p0, grads, batches, [LR, LR, 0.01])
-    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
-
-
-def test_multisteps():
-    """Accumulated gradients: rows touched in any micro-batch are updated every k steps."""
-    rng = np.random.default_rng(10)
-    p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-    batches = [[1], [4], [4, 7], [2]]
-    grads = [_sparse_grads(rng, b) for b in batches]
-    tx = optax.MultiSteps(lazy(optax.adam(LR), policy="frozen"), every_k_schedule=2)
-    p, _ = _run(tx, p0, grads)
-    mean_grads = [(grads[0] + grads[1]) / 2, (grads[2] + grads[3]) / 2]
-    p_ref, _, _ = np_lazy_adam(p0, mean_grads, [[1, 4], [2, 4, 7]], [LR, LR])
-    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
-    never = np.setdiff1d(np.arange(N), [1, 2, 4, 7])
-    np.testing.assert_array_equal(np.asarray(p)[never], np.asarray(p0)[never])
-
-
-def test_flax_nnx_optimizer_with_embed():
-    nnx = pytest.importorskip("flax.nnx")
-
-    class Model(nnx.Module):
-        def __init__(self, rngs):
-            self.embed = nnx.Embed(N, D, rngs=rngs)
-            self.out = nnx.Linear(D, 2, rngs=rngs)
-
-        def __call__(self, tokens):
-            return self.out(self.embed(tokens)).sum(axis=1)
-
-    model = Model(nnx.Rngs(0))
-    tx = lazy(optax.adam(LR), "embed", policy="frozen", elementwise=True)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    table0 = np.asarray(model.embed.embedding[...])
-    kernel0 = model.out.kernel[...]
-    ref_out = optax.adam(LR)
-    ref_state = ref_out.init(kernel0)
-    kernel_ref = kernel0
-
-    @nnx.jit
-    def train_step(model, optimizer, tokens):
-        loss = lambda m: jnp.mean(m(tokens) ** 2)
-        grads = nnx.grad(loss)(model)
-        optimizer.update(model, grads, row_ids=tokens.reshape(-1))
-        return grads
-
-    token_batches = [jnp.array([[1, 3, 3], [5, 1, 0]]), jnp.array([[3, 7, 7], [7, 7, 0]])]
-    table_grads = []
-    for tokens in token_batches:
-        grads = train_step(model, optimizer, tokens)
-        table_grads.append(np.asarray(grads["embed"]["embedding"][...]))
-        u, ref_state = ref_out.update(grads["out"]["kernel"][...], ref_state)
-        kernel_ref = kernel_ref + u
-    rows = [_rows(np.asarray(t).ravel(), N) for t in token_batches]
-    p_ref, _, _ = np_lazy_adam(table0, table_grads, rows, [LR, LR])
-    table = np.asarray(model.embed.embedding[...])
-    np.testing.assert_allclose(table, p_ref, rtol=1e-5, atol=1e-6)
-    never = np.setdiff1d(np.arange(N), [0, 1, 3, 5, 7])
-    np.testing.assert_array_equal(table[never], table0[never])
-    np.testing.assert_allclose(model.out.kernel[...], kernel_ref, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
-def test_sharded_params_and_state(axis_type):
-    """Table rows sharded over 8 host devices; the state stays sharded like the params."""
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 host devices (conftest sets XLA_FLAGS)")
-    kind = {"explicit": jax.sharding.AxisType.Explicit, "auto": jax.sharding.AxisType.Auto}
-    mesh = jax.make_mesh((8,), ("x",), axis_types=(kind[axis_type],))
-    rows_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    rng = np.random.default_rng(11)
-    params = {
-        "table": jnp.asarray(rng.normal(size=(16, D)), jnp.float32),
-        "w": jnp.asarray(rng.normal(size=(D, D)), jnp.float32),
-    }
-    grads = {"table": _sparse_grads(rng, [0, 9, 15], (16, D)), "w": jnp.ones((D, D))}
-    ids = jnp.array([9, 0, 9, -1])
-    tx = lazy(optax.adam(LR), "table", policy="frozen", elementwise=True)
-
-    def train_step(p, s, g, ids):
-        u, s = tx.update(g, s, p, row_ids=ids)
-        return optax.apply_updates(p, u), s
-
-    p_ref, s_ref = jax.jit(train_step)(params, tx.init(params), grads, ids)
-    with jax.set_mesh(mesh):
-        shardings = {"table": rows_sharding, "w": replicated}
-        sharded_params = jax.device_put(params, shardings)
-        sharded_grads = jax.device_put(grads, shardings)
-        # Under Auto sharding a jitted init has no data dependence: init eagerly there.
-        init = jax.jit(tx.init) if axis_type == "explicit" else tx.init
-        state = init(sharded_params)
-        assert state.inner_state[0].mu["table"].sharding.is_equivalent_to(rows_sharding, 2)
-        new_p, new_state = jax.jit(train_step)(sharded_params, state, sharded_grads, ids)
-    for a, b in zip(jax.tree.leaves((new_p, new_state)), jax.tree.leaves((p_ref, s_ref))):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    assert new_p["table"].sharding.is_equivalent_to(rows_sharding, 2)
-    for leaf in (new_state.inner_state[0].mu["table"], new_state.inner_state[0].nu["table"]):
-        assert leaf.sharding.is_equivalent_to(rows_sharding, 2)
-    np.testing.assert_array_equal(np.asarray(new_p["table"])[15], params["table"][15])  # unlisted
-
-
-def test_checkpoint_round_trip(tmp_path):
-    rng = np.random.default_rng(12)
-    p0 = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-    tx = lazy(optax.adam(LR), policy="frozen", elementwise=True)
-    step = jax.jit(tx.update)
-    g1, g2 = _sparse_grads(rng, [1, 2]), _sparse_grads(rng, [2, 5])
-    u, state = step(g1, tx.init(p0), p0, row_ids=jnp.array([1, 2]))
-    p1 = p0 + u
-    restored = checkpoint_roundtrip(state, tmp_path)
-    assert isinstance(restored, LazyState)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
-        np.testing.assert_array_equal(a, b)
-    ua, sa = step(g2, state, p1, row_ids=jnp.array([2, 5]))
-    ub, sb = step(g2, restored, p1, row_ids=jnp.array([2, 5]))
-    np.testing.assert_array_equal(ua, ub)
-    for a, b in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
-        np.testing.assert_array_equal(a, b)
+    g = np.array(_sparse_grads(rng, [1, 4, 7])).reshape(-1)
+    g[positions] = value
+    g = jnp.asarray(g.reshape(N, D))
+    bad_rows = sorted({pos // D for pos in positions})
+    ids = jnp.array([1, 4, 7] + bad_rows) if with_ids else None
+    u = np.asarray(_NONFINITE[variant](g, p0, ids)).reshape(-1)
+    finite = np.isfinite(u)
+    assert not finite[positions].any()
+    assert finite.sum() == N * D - len(positions)
+    if with_ids:  # an unlisted row with a NaN gradient is ignored: zero update
+        unlisted = [r for r in range(N) if r not in (1, 4, 7, *bad_rows)][0]
+        g_unlisted = np.asarray(g).copy()
+        g_unlisted[unlisted] = np.nan
+        u2 = np.asarray(_NONFINITE[variant](jnp.asarray(g_unlisted), p0, ids))
+        np.testing.assert_array_equal(u2[unlisted], 0.0)
 
 
 # --- bad arguments -------------------------------------------------------------------------
@@ -508,6 +395,93 @@ def test_bad_arguments_raise_clear_errors():
         tx.update(bad_rows, state, params, row_ids={"embed": jnp.array([1, 2]), "dense": None})
     with pytest.raises(ValueError, match="pre-gathered"):
         tx.update(bad_rows, state, params)
+
+
+def test_row_ids_without_params_raise():
+    """Pre-gathered rows without params used to give a row-shaped update (SGD) or a
+    broadcast error (Adam): row_ids now need the parameters."""
+    rows = jnp.ones((3, D))
+    ids = jnp.array([1, 5, 5])
+    for inner in (optax.sgd(LR), optax.adam(LR)):
+        for policy, elementwise in (("frozen", True), ("article", False)):
+            tx = lazy(inner, policy=policy, elementwise=elementwise)
+            state = tx.init(jnp.zeros((N, D)))
+            with pytest.raises(ValueError, match=r"row_ids need the parameters"):
+                tx.update(rows, state, row_ids=ids)
+            with pytest.raises(ValueError, match=r"row_ids need the parameters"):
+                jax.jit(lambda g, s, tx=tx: tx.update(g, s, row_ids=ids))(jnp.ones((N, D)), state)
+    # without row_ids (non-zero rule) params stay optional
+    tx = lazy(optax.sgd(LR))
+    u, _ = tx.update(jnp.ones((N, D)).at[0].set(0.0), tx.init(jnp.zeros((N, D))))
+    np.testing.assert_array_equal(u[0], 0.0)
+    np.testing.assert_allclose(u[1:], -LR)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        optax.adafactor(LR, min_dim_size_to_factor=2),
+        adafactor(LR, min_dim_size_to_factor=2),
+        optax.chain(optax.clip(1.0), optax.adafactor(LR, min_dim_size_to_factor=2)),
+    ],
+    ids=["optax_adafactor", "optax_contrib_adafactor", "chained"],
+)
+def test_elementwise_declared_for_factored_inner_raises(inner):
+    """elementwise=True around an optimizer whose state shows it is not elementwise (a
+    factored statistic shaped unlike its parameter) raises instead of a wrong update."""
+    params = _model_params(np.random.default_rng(14))
+    tx = lazy(inner, "embed", policy="frozen", elementwise=True)
+    with pytest.raises(
+        ValueError,
+        match=r"lazy parameter \['embed'\]\['table'\] of shape \(12, 3\).*not elementwise",
+    ):
+        tx.init(params)
+    with pytest.raises(ValueError, match="not elementwise"):
+        lazy(inner, policy="frozen", elementwise=True).init(params["embed"]["table"])
+    # a state built without the declaration is refused by the sparse path at update
+    state = lazy(inner, "embed", policy="frozen").init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    ids = jnp.array([1, 2])
+    with pytest.raises(ValueError, match="not elementwise"):
+        tx.update(grads, state, params, row_ids=ids)
+    # undeclared, the dense path is used and is correct for any inner optimizer
+    lazy(inner, "embed", policy="frozen").update(grads, state, params, row_ids=ids)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        optax.adam(LR),
+        optax.adamw(LR),
+        optax.lion(LR),
+        optax.sgd(LR, momentum=0.9),
+        optax.rmsprop(LR),
+        optax.inject_hyperparams(optax.adam)(learning_rate=LR),
+        optax.chain(optax.clip(1.0), optax.adam(LR)),
+    ],
+    ids=["adam", "adamw", "lion", "sgd_momentum", "rmsprop", "inject_adam", "clip_adam"],
+)
+def test_elementwise_inner_optimizers_are_accepted(inner):
+    """No false alarm for elementwise optimizers, with a tree and with a single table."""
+    params = _model_params(np.random.default_rng(15))
+    lazy(inner, "embed", policy="frozen", elementwise=True).init(params)
+    table = params["embed"]["table"]
+    tx = lazy(inner, policy="frozen", elementwise=True)
+    tx.update(jnp.ones_like(table), tx.init(table), table, row_ids=jnp.array([0, 3]))
+
+
+def test_mismatched_gradients_raise_clear_errors():
+    params = _model_params(np.random.default_rng(16))
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = lazy(optax.adam(LR), "embed")
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"`updates` must have the tree structure.*missing"):
+        tx.update({"embed": grads["embed"]}, state, params)
+    wrong = dict(grads, dense=dict(grads["dense"], w=jnp.ones((1, 2))))
+    with pytest.raises(
+        ValueError, match=r"`updates` leaf \['dense'\]\['w'\].*expected \(3, 2\), got \(1, 2\)"
+    ):
+        tx.update(wrong, state, params)
 
 
 def test_empty_row_ids_update_nothing():

@@ -183,14 +183,5 @@ def test_lazy_row_ids_sharded_over_the_data_axis():
         table_r, grads_r = (jax.device_put(x, p()) for x in (table, grads))
         state = tx.init(table_r)
         expected, _ = step(grads_r, state, table_r, jax.device_put(ids, p()))
-        try:
-            updates, _ = step(grads_r, state, table_r, jax.device_put(ids, p("data")))
-        except Exception as err:  # explicit sharding rejects the sort inside jnp.unique
-            if "unsharded over the sorting dimension" in str(err):
-                pytest.xfail(
-                    "lazy de-duplicates row_ids with jnp.unique, whose sort explicit sharding "
-                    "rejects on a sharded axis; replicate the ids (jax.sharding.reshard(ids, "
-                    f"P())) first: {str(err).splitlines()[0]}"
-                )
-            raise
+        updates, _ = step(grads_r, state, table_r, jax.device_put(ids, p("data")))
     np.testing.assert_array_equal(np.asarray(updates), np.asarray(expected))
