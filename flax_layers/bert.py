@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flax_layers._ids import any_rows, bad_rows, check_ids, check_int, poison, safe_ids
+
 __all__ = [
     "BertConfig",
     "BertEmbeddings",
@@ -227,8 +229,10 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None = None, axis: int =
     ``p_j = mask_j exp(z_j - m) / Σ_k mask_k exp(z_k - m)`` with
     ``m = max_{k: mask_k} z_k`` (taken as 0 when nothing is allowed). Masked
     logits are replaced by ``-inf`` before the exponential, so no large
-    constant is added and neither values nor gradients can become NaN, even in
-    bf16/fp16 or when a whole row is masked (the row then sums to 0, not 1).
+    constant is added and, for finite allowed logits, neither values nor
+    gradients can become NaN, even in bf16/fp16 or when a whole row is masked
+    (the row then sums to 0, not 1). Masked entries are ignored whatever they
+    hold; a NaN or ``+inf`` among the allowed logits makes its row NaN.
 
     Args:
       logits: floating array ``[..., n]``.
@@ -261,11 +265,13 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None = None, axis: int =
     neg_inf = jnp.array(-jnp.inf, logits.dtype)
     z = jnp.where(mask, logits, neg_inf)
     m = jax.lax.stop_gradient(jnp.max(z, axis=axis, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+    # Fully masked row: m = -inf, use 0 (the row becomes zeros). NaN or +inf at an
+    # allowed entry keeps m non-finite, so that row comes out NaN.
+    m = jnp.where(m == -jnp.inf, jnp.zeros_like(m), m)
     e = jnp.exp(z - m)
     s = jnp.sum(e, axis=axis, keepdims=True)
     # One reciprocal per row and a multiply per entry, not a division per entry.
-    return e * (1 / jnp.where(s > 0, s, jnp.ones_like(s)))
+    return e * (1 / jnp.where(s == 0, jnp.ones_like(s), s))
 
 
 def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -322,15 +328,22 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None =
     return masked_softmax(logits, mask).astype(query.dtype)
 
 
-def _check_ids(name: str, ids: jax.Array, shape: tuple[int, ...] | None = None) -> jax.Array:
-    ids = jnp.asarray(ids)
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise TypeError(f"BertModel: {name} must be an integer array, got dtype {ids.dtype}.")
+def _shape_checked(name: str, ids, shape: tuple[int, ...] | None = None) -> jax.Array:
+    ids = check_int("BertModel", name, ids)
     if shape is None and ids.ndim != 2:
-        raise ValueError(f"BertModel: {name} must be [batch, length], got shape {ids.shape}.")
+        raise ValueError(f"BertModel: `{name}` must be [batch, length], got shape {ids.shape}.")
     if shape is not None and ids.shape != shape:
-        raise ValueError(f"BertModel: {name} must have shape {shape}, got {ids.shape}.")
+        raise ValueError(f"BertModel: `{name}` must have shape {shape}, got {ids.shape}.")
     return ids
+
+
+def _token_types(token_type_ids, segment_ids):
+    """``token_type_ids`` (Hugging Face name) or its alias ``segment_ids``, not both."""
+    if segment_ids is None:
+        return token_type_ids
+    if token_type_ids is not None:
+        raise ValueError("BertModel: pass `token_type_ids` or its alias `segment_ids`, not both.")
+    return segment_ids
 
 
 def _normalise_mask(mask: jax.Array, batch: int, length: int, heads: int) -> jax.Array:
@@ -429,12 +442,40 @@ class BertEmbeddings(nnx.Module):
         self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
 
     def __call__(
-        self, input_ids: jax.Array, segment_ids: jax.Array, position_ids: jax.Array
+        self, input_ids: jax.Array, token_type_ids: jax.Array, position_ids: jax.Array
     ) -> jax.Array:
-        """Embeds ``[batch, length]`` ids into ``[batch, length, hidden]``."""
+        """Embeds ``[batch, length]`` ids into ``[batch, length, hidden]``.
+
+        Concrete ids outside their table (``[0, vocab_size)``, ``[0, type_vocab_size)``,
+        ``[0, max_position_embeddings)``) raise a ``ValueError``; under ``jit`` every
+        example holding one gets NaN embeddings (never a wrapped or clipped lookup).
+        """
+        x, bad = self._lookup("BertEmbeddings", input_ids, token_type_ids, position_ids)
+        return poison(x, bad)
+
+    def _lookup(
+        self, fn: str, input_ids: jax.Array, token_type_ids: jax.Array, position_ids: jax.Array
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Checks the ids (errors name ``fn``); returns the embeddings and the bad rows.
+
+        Traced out-of-range ids are looked up as id 0 and their examples returned as
+        ``[batch]`` bad rows (``None`` when the ids are concrete, hence checked), for the
+        caller to set to NaN once it is done (:func:`flax_layers._ids.poison`).
+        """
+        tables = (
+            ("input_ids", input_ids, self.word_embeddings, "vocab_size"),
+            ("token_type_ids", token_type_ids, self.token_type_embeddings, "type_vocab_size"),
+            ("position_ids", position_ids, self.position_embeddings, "max_position_embeddings"),
+        )
+        rows, safe = [], []
+        for name, ids, table, what in tables:
+            check_ids(fn, name, ids, table.num_embeddings, what)
+            rows.append(bad_rows(ids, table.num_embeddings))
+            safe.append(safe_ids(ids, table.num_embeddings))
+        input_ids, token_type_ids, position_ids = safe
         x = self.word_embeddings(input_ids)
-        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(segment_ids)
-        return self.dropout(self.norm(x))
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.norm(x)), any_rows(*rows)
 
 
 class BertLayer(nnx.Module):
@@ -554,56 +595,85 @@ class BertModel(nnx.Module):
             self.mlm_norm = None
             self.mlm_bias = None
 
+    def _embedding_rows(self, input_ids, token_type_ids, position_ids, segment_ids):
+        """Shape checks and defaults, then ``BertEmbeddings._lookup``: embeddings, bad rows."""
+        cfg = self.config
+        token_type_ids = _token_types(token_type_ids, segment_ids)
+        input_ids = _shape_checked("input_ids", input_ids)
+        b, t = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        token_type_ids = _shape_checked("token_type_ids", token_type_ids, (b, t))
+        if position_ids is None:
+            if t > cfg.max_position_embeddings:
+                raise ValueError(
+                    f"BertModel: input length {t} exceeds max_position_embeddings "
+                    f"{cfg.max_position_embeddings}."
+                )
+            position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        position_ids = _shape_checked("position_ids", position_ids, (b, t))
+        return self.embeddings._lookup("BertModel", input_ids, token_type_ids, position_ids)
+
     def embed(
         self,
         input_ids: jax.Array,
-        segment_ids: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
+        *,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Checks the ids and returns the embedding-layer output ``[batch, length, hidden]``."""
-        input_ids = _check_ids("input_ids", input_ids)
-        b, t = input_ids.shape
-        if segment_ids is None:
-            segment_ids = jnp.zeros_like(input_ids)
-        segment_ids = _check_ids("segment_ids", segment_ids, (b, t))
-        if position_ids is None:
-            if t > self.config.max_position_embeddings:
-                raise ValueError(
-                    f"BertModel: input length {t} exceeds max_position_embeddings "
-                    f"{self.config.max_position_embeddings}."
-                )
-            position_ids = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        position_ids = _check_ids("position_ids", position_ids, (b, t))
-        return self.embeddings(input_ids, segment_ids, position_ids)
+        """Checks the ids and returns the embedding-layer output ``[batch, length, hidden]``.
+
+        Arguments and id rules as in :meth:`__call__` (NaN rows for traced
+        out-of-range ids).
+        """
+        x, bad = self._embedding_rows(input_ids, token_type_ids, position_ids, segment_ids)
+        return poison(x, bad)
 
     def __call__(
         self,
         input_ids: jax.Array,
-        segment_ids: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
         position_ids: jax.Array | None = None,
+        *,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Encodes ids into the last hidden states.
 
+        Argument names and order follow the Hugging Face ``BertModel``.
+
         Args:
-          input_ids: integer ``[batch, length]``.
-          segment_ids: integer ``[batch, length]`` (default zeros).
+          input_ids: integer ``[batch, length]`` in ``[0, vocab_size)``.
+          token_type_ids: integer ``[batch, length]`` segment ids in
+            ``[0, type_vocab_size)`` (default zeros).
           attention_mask: boolean ``[batch, 1 or heads, length, length]`` (True =
-            may attend), or a 2-D ``[batch, length]`` key padding mask, or ``None``
-            (everything attends everything).
-          position_ids: integer ``[batch, length]`` (default ``0..length-1``).
+            may attend), or a 2-D ``[batch, length]`` key padding mask (bool or 0/1),
+            or ``None`` (everything attends everything).
+          position_ids: integer ``[batch, length]`` in ``[0, max_position_embeddings)``
+            (default ``0..length-1``).
+          segment_ids: keyword alias of ``token_type_ids`` (give one of them).
 
         Returns:
           ``[batch, length, hidden]`` in the compute dtype.
+
+        Raises:
+          TypeError: non-integer ids or a non-boolean 4-D mask.
+          ValueError: bad shapes; concrete ids outside their range (the message names
+            the argument, the range and the first offending value). Under ``jit`` an
+            example holding an out-of-range id instead gets NaN hidden states (its
+            own row only; the other examples are unaffected).
         """
-        x = self.embed(input_ids, segment_ids, position_ids)
+        x, bad = self._embedding_rows(input_ids, token_type_ids, position_ids, segment_ids)
         mask = None
         if attention_mask is not None:
             b, t = x.shape[:2]
             mask = _normalise_mask(attention_mask, b, t, self.config.num_attention_heads)
         for layer in self.layers:
             x = layer(x, mask)
-        return x
+        # NaN rows set at the end: the layers never see them, so an example that the
+        # loss masks out leaves the other examples' gradients finite.
+        return poison(x, bad)
 
     def pool(self, hidden: jax.Array) -> jax.Array:
         """BERT pooler: ``tanh(W h[:, 0] + b)`` ``[batch, hidden]``."""

@@ -19,6 +19,12 @@ Everything runs under ``jax.jit`` with fixed shapes and ``lax.while_loop``.
 Sources are right-padded ``[CLS] src [SEP] [PAD]...``; target token ``t`` (0-based)
 gets position ``source_length + t`` and segment 1, so results equal the
 unpadded per-example computation.
+
+Token ids must lie in ``[0, vocab_size)``. Concrete ids outside raise a
+``ValueError`` naming the argument, the range and the offending value. Traced ids
+(the functions called inside the caller's ``jit``) cannot be checked: an example
+whose ids leave the vocabulary gets NaN logits, and from the generation functions
+a NaN score with no tokens (length 0, all ``pad_token_id``), never a finite result.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flax_layers._ids import bad_rows, check_ids
 from flax_layers.bert import BertModel
 
 __all__ = [
@@ -67,7 +74,8 @@ class GenerationOutput(NamedTuple):
       tokens: int32 ``[batch, max_new_tokens]``: generated ids, the end token
         included, ``pad_token_id`` afterwards.
       lengths: int32 ``[batch]``: number of generated tokens (end token included).
-      scores: float32 ``[batch]``: sum of the log-probabilities of the tokens.
+      scores: float32 ``[batch]``: sum of the log-probabilities of the tokens; NaN
+        for an example whose (traced) source holds an id outside the vocabulary.
     """
 
     tokens: jax.Array
@@ -82,11 +90,13 @@ def _check_model(model: BertModel) -> None:
         raise ValueError("UniLM generation needs the MLM head: build the model with_mlm_head=True.")
 
 
-def _check_source(model: BertModel, source_ids: jax.Array, max_new_tokens: int) -> tuple[int, int]:
+def _check_source(
+    fn: str, model: BertModel, source_ids: jax.Array, max_new_tokens: int
+) -> tuple[int, int]:
     source_ids = jnp.asarray(source_ids)
     if source_ids.ndim != 2 or not jnp.issubdtype(source_ids.dtype, jnp.integer):
         raise ValueError(
-            "source_ids must be an integer [batch, source_length] array "
+            f"{fn}: `source_ids` must be an integer [batch, source_length] array "
             f"('[CLS] src [SEP]' right-padded), got shape {source_ids.shape} "
             f"and dtype {source_ids.dtype}."
         )
@@ -95,14 +105,15 @@ def _check_source(model: BertModel, source_ids: jax.Array, max_new_tokens: int) 
         or isinstance(max_new_tokens, bool)
         or max_new_tokens < 1
     ):
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+        raise ValueError(f"{fn}: max_new_tokens must be a positive int, got {max_new_tokens!r}.")
     b, s = source_ids.shape
     limit = model.config.max_position_embeddings
     if s + max_new_tokens > limit:
         raise ValueError(
-            f"source length {s} + max_new_tokens {max_new_tokens} exceeds the model's "
+            f"{fn}: source length {s} + max_new_tokens {max_new_tokens} exceeds the model's "
             f"max_position_embeddings {limit}."
         )
+    check_ids(fn, "source_ids", source_ids, model.config.vocab_size, "vocab_size")
     return b, s
 
 
@@ -152,10 +163,12 @@ def unilm_encode_source(
       pad_token_id: padding id (default ``model.config.pad_token_id``).
 
     Returns:
-      ``(logits [batch, vocab], cache)``.
+      ``(logits [batch, vocab], cache)``; under ``jit``, NaN logits (and cache rows)
+      for an example whose source holds an id outside ``[0, vocab_size)``.
 
     Raises:
-      ValueError: on bad shapes or ``S + T > max_position_embeddings``.
+      ValueError: on bad shapes, ``S + T > max_position_embeddings`` or concrete
+        ``source_ids`` outside ``[0, vocab_size)``.
 
     Reference: Dong et al., 2019 (arXiv:1905.03197), Section 2.
 
@@ -170,7 +183,7 @@ def unilm_encode_source(
       ((1, 20), (1, 7, 2, 4), [3])
     """
     _check_model(model)
-    b, s = _check_source(model, source_ids, max_new_tokens)
+    b, s = _check_source("unilm_encode_source", model, source_ids, max_new_tokens)
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id
     source_ids = jnp.asarray(source_ids)
@@ -206,10 +219,12 @@ def unilm_decode_step(
       cache: the cache from :func:`unilm_encode_source` / the previous step.
 
     Returns:
-      ``(logits [batch, vocab], updated cache)``.
+      ``(logits [batch, vocab], updated cache)``; under ``jit``, NaN logits for an
+      example whose token lies outside ``[0, vocab_size)``.
 
     Raises:
-      ValueError: if ``token_ids`` is not ``[batch]`` for the cache's batch.
+      ValueError: if ``token_ids`` is not ``[batch]`` for the cache's batch, or
+        (concrete) lies outside ``[0, vocab_size)``.
 
     Reference: Dong et al., 2019 (arXiv:1905.03197).
 
@@ -231,6 +246,7 @@ def unilm_decode_step(
             f"token_ids must be an integer [batch] = {(b,)} array, got {token_ids.shape} "
             f"{token_ids.dtype}."
         )
+    check_ids("unilm_decode_step", "token_ids", token_ids, model.config.vocab_size, "vocab_size")
     t = cache.keys[0].shape[1] - s
     step = jnp.asarray(step, jnp.int32)
     positions = (cache.source_length + step)[:, None]
@@ -250,6 +266,12 @@ def unilm_decode_step(
     return logits, cache._replace(keys=tuple(keys), values=tuple(values))
 
 
+def _bad_sources(model: BertModel, source_ids: jax.Array) -> jax.Array:
+    """Examples ``[batch]`` whose (traced) source holds an id outside the vocabulary."""
+    bad = bad_rows(source_ids, model.config.vocab_size)
+    return jnp.zeros(source_ids.shape[:1], bool) if bad is None else bad
+
+
 def _greedy(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id):
     logits, cache = unilm_encode_source(
         model,
@@ -259,12 +281,13 @@ def _greedy(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_to
         pad_token_id=pad_token_id,
     )
     b = source_ids.shape[0]
+    bad = _bad_sources(model, source_ids)
     init = (
         jnp.int32(0),
         logits,
         cache,
         jnp.full((b, max_new_tokens), pad_token_id, jnp.int32),
-        jnp.zeros((b,), bool),
+        bad,  # an example with an out-of-range source id is done from the start
         jnp.zeros((b,), jnp.float32),
         jnp.zeros((b,), jnp.int32),
     )
@@ -287,7 +310,7 @@ def _greedy(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_to
         return t + 1, logits, cache, tokens, done, scores, lengths
 
     _, _, _, tokens, _, scores, lengths = jax.lax.while_loop(cond, body, init)
-    return GenerationOutput(tokens, lengths, scores)
+    return GenerationOutput(tokens, lengths, jnp.where(bad, jnp.nan, scores))
 
 
 def _beam(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, k):
@@ -300,6 +323,7 @@ def _beam(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_toke
     )
     b, src_len = source_ids.shape
     vocab = logits.shape[-1]
+    bad = _bad_sources(model, source_ids)
     logits = jnp.repeat(logits, k, axis=0)
     cache = jax.tree.map(lambda a: jnp.repeat(a, k, axis=0), cache)
     neg_inf = jnp.float32(-jnp.inf)
@@ -311,9 +335,9 @@ def _beam(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_toke
         jnp.full((b, k, max_new_tokens), pad_token_id, jnp.int32),
         jnp.broadcast_to(scores, (b, k)),
         jnp.full((b,), k, jnp.int32),
-        jnp.zeros((b,), bool),
+        bad,  # an example with an out-of-range source id is done from the start
         jnp.full((b, max_new_tokens), pad_token_id, jnp.int32),
-        jnp.zeros((b,), jnp.float32),
+        jnp.where(bad, jnp.float32(jnp.nan), 0.0),
         jnp.zeros((b,), jnp.int32),
     )
 
@@ -367,9 +391,9 @@ def _generate_jit(graphdef, state, source_ids, source_mask, t, end_id, pad_id, b
     return _beam(model, source_ids, source_mask, t, end_id, pad_id, beam_size)
 
 
-def _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, beam):
+def _run(fn, model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, beam):
     _check_model(model)
-    _check_source(model, source_ids, max_new_tokens)
+    _check_source(fn, model, source_ids, max_new_tokens)
     vocab = model.config.vocab_size
     if pad_token_id is None:
         pad_token_id = model.config.pad_token_id
@@ -408,9 +432,13 @@ def unilm_greedy_generate(
 
     Returns:
       :class:`GenerationOutput` with ``tokens [batch, T]``, ``lengths`` and ``scores``.
+      Called inside ``jit`` with a source id outside ``[0, vocab_size)``, that
+      example gets score NaN, length 0 and only ``pad_token_id``.
 
     Raises:
-      ValueError: on bad shapes, ids out of range or a too long ``S + T``.
+      ValueError: on bad shapes, a too long ``S + T``, or ids out of range
+        (``end_token_id``, ``pad_token_id``, concrete ``source_ids``; the message names
+        the argument, the range and the offending value).
 
     Reference: Dong et al., 2019 (arXiv:1905.03197); bert4keras
     ``AutoRegressiveDecoder.random_sample/beam_search``.
@@ -425,7 +453,16 @@ def unilm_greedy_generate(
       >>> out.tokens.shape, out.lengths.shape
       ((2, 4), (2,))
     """
-    return _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, 0)
+    return _run(
+        "unilm_greedy_generate",
+        model,
+        source_ids,
+        source_mask,
+        max_new_tokens,
+        end_token_id,
+        pad_token_id,
+        0,
+    )
 
 
 def unilm_beam_search(
@@ -457,10 +494,12 @@ def unilm_beam_search(
       pad_token_id: id written after the end (default ``model.config.pad_token_id``).
 
     Returns:
-      :class:`GenerationOutput` with the best sequence per example.
+      :class:`GenerationOutput` with the best sequence per example (score NaN, length
+      0 for an example whose source holds an out-of-range id under ``jit``).
 
     Raises:
-      ValueError: on bad shapes, ids out of range or an invalid ``beam_size``.
+      ValueError: on bad shapes, ids out of range (as for
+        :func:`unilm_greedy_generate`) or an invalid ``beam_size``.
 
     Reference: bert4keras ``AutoRegressiveDecoder.beam_search`` (Su,
     kexue.fm/archives/7500); Dong et al., 2019 (arXiv:1905.03197).
@@ -483,4 +522,13 @@ def unilm_beam_search(
         size = 0
     if not 1 <= size <= vocab:
         raise ValueError(f"beam_size must be an int in [1, vocab_size={vocab}], got {beam_size!r}.")
-    return _run(model, source_ids, source_mask, max_new_tokens, end_token_id, pad_token_id, size)
+    return _run(
+        "unilm_beam_search",
+        model,
+        source_ids,
+        source_mask,
+        max_new_tokens,
+        end_token_id,
+        pad_token_id,
+        size,
+    )

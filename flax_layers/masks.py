@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_layers._ids import any_rows, bad_rows, check_ids, is_concrete, poison, safe_ids
+
 __all__ = [
     "bidirectional_mask",
     "combine_masks",
@@ -33,10 +35,6 @@ __all__ = [
     "seq2seq_loss",
     "unilm_mask",
 ]
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _check_rank(name: str, x, rank: int, layout: str) -> None:
@@ -221,7 +219,7 @@ def unilm_mask(segment_ids: jax.Array) -> jax.Array:
     """
     _check_rank("segment_ids", segment_ids, 2, "[batch, seq]")
     _check_int("segment_ids", segment_ids)
-    if _is_concrete(segment_ids):
+    if is_concrete(segment_ids):
         _validate_segments(segment_ids)
     c = jnp.cumsum(jnp.asarray(segment_ids), axis=1)
     return (c[:, None, :] <= c[:, :, None])[:, None]
@@ -293,7 +291,7 @@ def random_order_mask(order: jax.Array) -> jax.Array:
             f"order must have rank 1 or 2 ([seq] or [batch, seq]), got {jnp.shape(order)}."
         )
     _check_int("order", order)
-    if _is_concrete(order):
+    if is_concrete(order):
         o = np.asarray(order).reshape(-1, np.shape(order)[-1])
         expected = np.arange(o.shape[-1])
         ok = (np.sort(o, axis=-1) == expected).all(axis=-1)
@@ -404,16 +402,25 @@ def seq2seq_loss(
     ``loss.mean()`` averages examples equally; bert4keras's token-level mean is
     ``(loss * n).sum() / n.sum()`` with ``n = w.sum(-1)``. The ``[SEP]`` ending the target
     is part of segment 1, so predicting it is trained. Computed in at least float32; masked
-    positions are sanitised, so ``-inf`` logits there give no NaN values or gradients.
+    positions are sanitised, so ``-inf`` (or NaN) logits there give no NaN values or
+    gradients, while a NaN logit at a weighted position makes that example's loss NaN.
 
     Args:
       logits: ``[batch, seq, vocab]`` model outputs.
-      ids: integer ``[batch, seq]`` token ids.
-      segment_ids: integer ``[batch, seq]`` of 0 (source) / 1 (target).
+      ids: integer ``[batch, seq]`` token ids in ``[0, vocab)``.
+      segment_ids: ``[batch, seq]`` of 0 (source) / 1 (target), integer or bool.
       mask: optional ``[batch, seq]`` bool/0-1 padding mask (True = real token).
 
     Returns:
-      Per-example loss ``[batch]`` (float32, or wider if ``logits`` is wider).
+      Per-example loss ``[batch]`` (float32, or wider if ``logits`` is wider). Under
+      ``jit`` an example whose ``ids`` leave ``[0, vocab)``, or whose ``segment_ids`` or
+      ``mask`` leave ``{0, 1}``, gets a NaN loss (concrete inputs raise instead).
+
+    Raises:
+      TypeError: non-floating ``logits`` or non-integer ``ids``.
+      ValueError: bad shapes; concrete ``ids`` outside ``[0, vocab)`` or
+        ``segment_ids``/``mask`` values outside ``{0, 1}`` (the message names the
+        argument, the range and the first offending value).
 
     Reference: Dong et al., UniLM, arXiv:1905.03197; Su, https://kexue.fm/archives/6933;
     bert4keras ``examples/task_seq2seq_autotitle.py``.
@@ -425,8 +432,11 @@ def seq2seq_loss(
       >>> print(round(float(loss[0]), 4))  # uniform over 5 classes: log(5)
       1.6094
     """
+    fn = "seq2seq_loss"
     if jnp.ndim(logits) != 3:
         raise ValueError(f"logits must have shape [batch, seq, vocab], got {jnp.shape(logits)}.")
+    if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
+        raise TypeError(f"{fn}: `logits` must be floating, got dtype {jnp.result_type(logits)}.")
     _check_rank("ids", ids, 2, "[batch, seq]")
     _check_rank("segment_ids", segment_ids, 2, "[batch, seq]")
     _check_int("ids", ids)
@@ -439,15 +449,24 @@ def seq2seq_loss(
         raise ValueError(f"mask must have shape {jnp.shape(ids)}, got {jnp.shape(mask)}.")
     if jnp.shape(ids)[1] < 2:
         raise ValueError(f"seq must be at least 2 to shift targets, got {jnp.shape(ids)[1]}.")
+    vocab = jnp.shape(logits)[2]
+    check_ids(fn, "ids", ids, vocab, "vocab")
+    bad = [bad_rows(ids, vocab)]
+    for name, flags in (("segment_ids", segment_ids), ("mask", mask)):
+        if flags is not None and jnp.result_type(flags) != jnp.bool_:  # 0/1 values
+            check_ids(fn, name, flags, 2)
+            bad.append(bad_rows(flags, 2))
+    mask = None if mask is None else jnp.asarray(mask)
     compute = jnp.promote_types(jnp.result_type(logits), jnp.float32)
     weights = jnp.asarray(segment_ids)[:, 1:].astype(compute)
     if mask is not None:
-        weights = weights * jnp.asarray(mask)[:, 1:].astype(compute)
+        weights = weights * mask[:, 1:].astype(compute)
     active = weights > 0
-    x = jnp.where(active[..., None], logits[:, :-1].astype(compute), 0)
+    x = jnp.where(active[..., None], jnp.asarray(logits)[:, :-1].astype(compute), 0)
     logp = jax.nn.log_softmax(x, axis=-1)
-    targets = jnp.asarray(ids)[:, 1:]
+    targets = safe_ids(jnp.asarray(ids)[:, 1:], vocab)  # out-of-range rows: NaN below
     ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     ce = jnp.where(active, ce, 0)
     count = weights.sum(axis=-1)
-    return (ce * weights).sum(axis=-1) / jnp.maximum(count, 1)
+    loss = (ce * weights).sum(axis=-1) / jnp.maximum(count, 1)
+    return poison(loss, any_rows(*bad))

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_layers._ids import any_rows, bad_rows, check_ids
+
 __all__ = [
     "MLMReadingInputs",
     "PassageAnswer",
@@ -75,7 +77,17 @@ def _check_ids(name: str, ids: Sequence[int]) -> list[int]:
     arr = np.asarray(ids)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must be a flat sequence of int token ids, got {ids!r}.")
+    if arr.size and arr.min() < 0:
+        raise ValueError(
+            f"{name} must hold token ids >= 0, got {int(arr.min())} at index {int(np.argmin(arr))}."
+        )
     return [int(t) for t in arr]
+
+
+def _check_special(**ids: int) -> None:
+    for name, value in ids.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a token id (an int >= 0), got {value!r}.")
 
 
 def build_mlm_reading_inputs(
@@ -120,8 +132,8 @@ def build_mlm_reading_inputs(
       ``passage_length`` / ``passage_offset``.
 
     Raises:
-      ValueError: non-positive lengths, or a question that leaves no room (``max_len`` must
-        be at least ``L + 4 + len(question)``).
+      ValueError: non-positive lengths, negative token ids, or a question that leaves no
+        room (``max_len`` must be at least ``L + 4 + len(question)``).
 
     Reference: bert4keras ``examples/task_reading_comprehension_by_mlm.py``;
     https://kexue.fm/archives/7148.
@@ -136,6 +148,7 @@ def build_mlm_reading_inputs(
     """
     question = _check_ids("question_ids", question_ids)
     passage = _check_ids("passage_ids", passage_ids)
+    _check_special(cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id)
     if answer_len < 1:
         raise ValueError(f"answer_len must be >= 1, got {answer_len}.")
     if passage_segment_id not in (0, 1):
@@ -226,6 +239,9 @@ def build_mlm_reading_targets(
     Returns:
       ``int32`` array ``[L]``.
 
+    Raises:
+      ValueError: ``answer_len < 1`` or negative token ids.
+
     Reference: bert4keras ``examples/task_reading_comprehension_by_mlm.py``.
 
     Example:
@@ -233,6 +249,7 @@ def build_mlm_reading_targets(
       [20, 21, 2, 0]
     """
     answer = _check_ids("answer_ids", answer_ids)
+    _check_special(sep_id=sep_id, pad_id=pad_id)
     if answer_len < 1:
         raise ValueError(f"answer_len must be >= 1, got {answer_len}.")
     out = np.full((answer_len,), pad_id, dtype=np.int32)
@@ -278,6 +295,9 @@ def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
     batch_idx = jnp.arange(batch)[:, None]
     valid = positions[None, :] < passage_lengths[:, None]  # [B, P]
     lowest = jnp.finfo(probs.dtype).min
+    # traced ids or lengths out of range: the example is done from the start, score NaN
+    bad = any_rows(bad_rows(passage_ids, vocab), bad_rows(passage_lengths, plen + 1))
+    bad = jnp.zeros((batch,), bool) if bad is None else bad
 
     def step(carry, inputs):
         alive, done = carry  # alive[b, s]: passage[s : s + i] == prefix
@@ -300,7 +320,7 @@ def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
         new_alive = jnp.where(emits[:, None], cand & (tok_at == choice[:, None]), alive)
         return (new_alive, done | stop), (choice, chosen, active, emits)
 
-    init = (valid, jnp.zeros((batch,), dtype=bool))
+    init = (valid, bad)
     xs = (jnp.arange(num_slots), jnp.swapaxes(probs, 0, 1))
     (alive, _), (choice, chosen, active, emits) = jax.lax.scan(step, init, xs)
     choice, chosen, active, emits = (jnp.swapaxes(a, 0, 1) for a in (choice, chosen, active, emits))
@@ -308,6 +328,7 @@ def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
     tokens = jnp.where(emits, choice, pad_id).astype(passage_ids.dtype)
     steps = active.sum(axis=1)
     scores = jnp.where(active, chosen, 0).sum(axis=1) / jnp.maximum(steps, 1)
+    scores = jnp.where(bad, jnp.nan, scores)
     start_mask = alive & (lengths > 0)[:, None]
     start = jnp.where(lengths > 0, jnp.argmax(start_mask, axis=1), -1).astype(jnp.int32)
     return PassageAnswer(tokens, lengths, start, start_mask, scores)
@@ -336,17 +357,25 @@ def passage_constrained_decode(
     Args:
       probs: ``[B, L, V]`` slot probabilities (softmax of ``logits[:, 1 : L + 1]``), or
         log-probabilities with ``log_probs=True``.
-      passage_ids: integer ``[B, P]`` passage ids (e.g. ``MLMReadingInputs.passage_ids``).
-      passage_lengths: integer ``[B]`` tokens of each passage to use; default ``P``.
+      passage_ids: integer ``[B, P]`` passage ids in ``[0, V)`` (e.g.
+        ``MLMReadingInputs.passage_ids``).
+      passage_lengths: integer ``[B]`` tokens of each passage to use, in ``[0, P]``;
+        default ``P``.
       sep_id: ``[SEP]`` id (stop token).
       pad_id: id written after the answer in ``tokens``.
       log_probs: whether ``probs`` holds log-probabilities.
 
     Returns:
-      :class:`PassageAnswer`.
+      :class:`PassageAnswer`. NaN probabilities at a token the decoder may choose make
+      that example's score NaN. Under ``jit``, an example whose ``passage_ids`` leave
+      ``[0, V)`` or whose length leaves ``[0, P]`` gets score NaN and the empty answer
+      (length 0, start ``-1``); concrete inputs raise instead.
 
     Raises:
-      ValueError: wrong ranks, mismatched batch sizes, ``sep_id`` outside the vocabulary.
+      TypeError: non-floating ``probs`` or non-integer ids / lengths.
+      ValueError: wrong ranks, mismatched batch sizes, ``sep_id`` outside the vocabulary,
+        concrete ``passage_ids`` outside ``[0, V)`` or ``passage_lengths`` outside
+        ``[0, P]`` (the message names the argument, the range and the offending value).
 
     Reference: Su, https://kexue.fm/archives/7148; bert4keras
     ``examples/task_reading_comprehension_by_mlm.py`` (``gen_answer``).
@@ -383,6 +412,11 @@ def passage_constrained_decode(
         raise ValueError(
             f"passage_lengths must have shape ({batch},), got {jnp.shape(passage_lengths)}."
         )
+    elif not jnp.issubdtype(jnp.result_type(passage_lengths), jnp.integer):
+        raise TypeError(f"passage_lengths must be integer, got {jnp.result_type(passage_lengths)}.")
+    fn = "passage_constrained_decode"
+    check_ids(fn, "passage_ids", passage_ids, vocab, "vocab")
+    check_ids(fn, "passage_lengths", passage_lengths, plen + 1, "P + 1")
     return _decode(
         jnp.asarray(probs),
         jnp.asarray(passage_ids),
@@ -412,7 +446,8 @@ def aggregate_answer_scores(
 
     Returns:
       ``{answer token tuple: aggregated score}`` ordered best first (empty dict when
-      every passage gave the empty answer).
+      every passage gave the empty answer). An answer with a NaN score from any of its
+      passages aggregates to NaN and comes last.
 
     Reference: Su, https://kexue.fm/archives/7148; bert4keras
     ``examples/task_reading_comprehension_by_mlm.py``.
@@ -437,4 +472,5 @@ def aggregate_answer_scores(
         if n > 0:
             groups.setdefault(tuple(int(t) for t in row[: int(n)]), []).append(float(s))
     merged = {a: sum(x * x for x in v) / (sum(v) + 1.0) for a, v in groups.items()}
-    return dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+    # best first; a NaN score (from a NaN decoder score) stays NaN and sorts last
+    return dict(sorted(merged.items(), key=lambda kv: (np.isnan(kv[1]), -kv[1])))

@@ -37,8 +37,8 @@ _ALIASES = {"IOB2": "BIO", "IOBES": "BIOES", "BMESO": "BMES"}
 def _parse(label: str, scheme: str, prefixes: set[str]) -> tuple[str, str]:
     if not isinstance(label, str):
         raise TypeError(f"allowed_transitions: labels must be strings, got {label!r}.")
-    prefix, _, kind = label.partition("-")
-    if prefix not in prefixes or (prefix == "O" and kind):
+    prefix, dash, kind = label.partition("-")
+    if prefix not in prefixes or (prefix == "O" and dash) or (dash and not kind):
         raise ValueError(
             f"allowed_transitions: label {label!r} is not a {scheme} tag; expected 'O' or "
             f"one of {sorted(prefixes - {'O'})} optionally followed by '-TYPE'."
@@ -67,6 +67,11 @@ def allowed_transitions(
       ``(allowed, allowed_start, allowed_end)``: numpy bool arrays ``[K, K]``
       (``allowed[i, j]``: tag ``j`` may follow tag ``i``), ``[K]`` and ``[K]``.
 
+    Raises:
+      ValueError: an unknown scheme, an empty ``labels``, a label that is not a tag of
+        the scheme (e.g. ``"E-PER"`` in BIO, ``"O-PER"``, ``"B-"``) or a repeated label.
+      TypeError: a label that is not a string.
+
     Reference: Ramshaw & Marcus (1995); Ratinov & Roth (2009); AllenNLP.
 
     Example:
@@ -85,10 +90,25 @@ def allowed_transitions(
             f"allowed_transitions: scheme must be one of {sorted(_SCHEMES) + sorted(_ALIASES)}"
             f", got {scheme!r}."
         )
-    if isinstance(labels, str) or len(labels) == 0:
-        raise ValueError("allowed_transitions: labels must be a non-empty sequence of tags.")
+    try:
+        tag_list = [] if isinstance(labels, str) else list(labels)
+    except TypeError:
+        tag_list = []
+    if not tag_list:
+        raise ValueError(
+            f"allowed_transitions: labels must be a non-empty sequence of tags, got {labels!r}."
+        )
+    labels = tag_list
     inside, _, closing, prefixes = _SCHEMES[key]
     tags = [_parse(label, key, prefixes) for label in labels]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label in seen:
+            raise ValueError(
+                f"allowed_transitions: labels must be distinct (one tag id per tag), got "
+                f"{label!r} at indices {seen[label]} and {i}."
+            )
+        seen[label] = i
     num = len(tags)
     allowed = np.zeros((num, num), dtype=bool)
     start = np.zeros(num, dtype=bool)
@@ -115,14 +135,24 @@ def mask_transitions(scores: jax.Array, allowed: jax.Array) -> jax.Array:
     """Replaces the scores of disallowed moves with ``-inf``.
 
     Math: ``s'_ij = s_ij`` if ``allowed_ij`` else ``-inf``; the gradient with respect to a
-    disallowed entry is 0 (no NaN).
+    disallowed entry is 0 (no NaN). Allowed entries are passed through unchanged, NaN
+    included (a NaN score stays NaN).
 
     Args:
-      scores: transition ``[K, K]`` (or start/end ``[K]``) scores.
-      allowed: boolean mask broadcastable to ``scores``.
+      scores: floating transition ``[K, K]`` (or start/end ``[K]``) scores, optionally
+        with leading batch axes.
+      allowed: boolean mask of the shape of ``scores`` or broadcastable to it (e.g. a
+        ``[K, K]`` mask for ``[..., K, K]`` scores); it may not broadcast ``scores`` to a
+        larger shape.
 
     Returns:
       The masked scores, same shape and dtype as ``scores``.
+
+    Raises:
+      TypeError: non-floating ``scores`` (``-inf`` has no integer value) or non-boolean
+        ``allowed``.
+      ValueError: ``allowed`` whose shape does not broadcast to the shape of ``scores``
+        (the message gives both shapes).
 
     Reference: AllenNLP ``ConditionalRandomField(constraints=...)``.
 
@@ -133,10 +163,19 @@ def mask_transitions(scores: jax.Array, allowed: jax.Array) -> jax.Array:
     """
     scores = jnp.asarray(scores)
     allowed = jnp.asarray(allowed)
-    if allowed.dtype != jnp.bool_:
-        raise TypeError(f"mask_transitions: allowed must be boolean, got {allowed.dtype}.")
-    if jnp.broadcast_shapes(scores.shape, allowed.shape) != scores.shape:
-        raise ValueError(
-            f"mask_transitions: allowed {allowed.shape} must broadcast to scores {scores.shape}."
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        raise TypeError(
+            f"mask_transitions: `scores` must be a floating array, got dtype {scores.dtype}."
         )
-    return jnp.where(allowed, scores, -jnp.inf).astype(scores.dtype)
+    if allowed.dtype != jnp.bool_:
+        raise TypeError(f"mask_transitions: `allowed` must be boolean, got {allowed.dtype}.")
+    try:
+        fits = np.broadcast_shapes(scores.shape, allowed.shape) == scores.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"mask_transitions: `allowed` must have the shape of `scores` {scores.shape} (or "
+            f"broadcast to it), got shape {allowed.shape}."
+        )
+    return jnp.where(allowed, scores, jnp.array(-jnp.inf, scores.dtype))

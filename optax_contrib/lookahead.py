@@ -176,6 +176,11 @@ def lookahead(
             lambda ops: ops[1],
             (params, state.slow_params),
         )
+        if not extra_args:
+            # Without extra arguments (e.g. a lazy inner's pre-gathered rows with row_ids) the
+            # gradients are shaped like the parameters: say so before the inner optimizer
+            # fails with its own broadcast error.
+            check_same_shapes("updates", updates, params, "the parameter")
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
         # The emitted update is applied to the parameters: a differently shaped inner update
         # would broadcast silently.

@@ -11,6 +11,20 @@ and class ``i`` is predicted when ``s_i > 0``. All functions here follow the
 optax loss conventions: they are pure, take the class axis last, return one
 loss per example (shape ``logits.shape[:-1]``) and do no reduction.
 
+Non-finite inputs, for every loss here (dense, soft, thresholded, sparse):
+
+* a ``-inf`` logit marks an absent class: it is dropped from both sums whatever its
+  label, with a zero gradient (masking classes by their logits);
+* a ``+inf`` logit on a class with a negative weight (label ``t < 1``) gives the true
+  loss ``+inf``, with a finite gradient (the limit of the softmax weights: 1 on that
+  logit, shared equally if several are ``+inf``); on a positive class (``t = 1``) its
+  term vanishes;
+* a NaN logit or a NaN (traced) soft label in an included class makes that example's
+  loss and gradient NaN; classes excluded by ``where`` are ignored whatever they hold;
+* float16 / bfloat16 are computed in float32 and rounded back to the input dtype, so
+  a loss that rounds beyond the dtype's largest value (float16: 65504, reachable only
+  with logits of that size) overflows to ``+inf``; its gradient stays finite.
+
 References:
   Su Jianlin, "Generalising softmax + cross-entropy to multi-label
   classification" (2020), https://kexue.fm/archives/7359 ;
@@ -89,29 +103,61 @@ def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
 # --------------------------------------------------------------------------- numerics
 
 
-def _log1p_sum_exp(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``log(1 + Σ_i w_i exp(x_i))`` over the last axis, for weights ``w_i >= 0``.
+def _log1p_sum_exp_parts(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``log(1 + Σ_i e^{y_i})`` over the last axis and its gradient ``p = ∂/∂y``.
 
-    Entries with ``w_i == 0`` are excluded exactly (they never reach an ``exp``), so
-    they may hold any finite value; the result and its gradients are NaN-free. The
-    weights are folded into the exponent (``x_i + log w_i``) before the usual
-    max-shift, so tiny soft weights with huge scores neither underflow nor overflow.
+    ``-inf`` entries contribute nothing (``p_i = 0``); any ``+inf`` entry makes the value
+    ``+inf`` with the gradient shared among the ``+inf`` entries (the limit of the
+    softmax weights, so finite); any NaN entry makes value and gradient NaN.
     """
-    keep = w > 0
-    x = jnp.where(keep, x + jnp.log(jnp.where(keep, w, 1)), 0)
-    # max(0, max_keep x) -- the "1" of log(1 + ...) is exp(0); never -inf.
-    m = jax.lax.stop_gradient(jnp.max(x, axis=-1, where=keep, initial=0.0, keepdims=True))
-    s = jnp.sum(jnp.where(keep, jnp.exp(x - m), 0), axis=-1)
-    m = m[..., 0]
+    finite = jnp.isfinite(y)
+    yf = jnp.where(finite, y, 0)
+    # max(0, max_finite y) -- the "1" of log(1 + ...) is exp(0).
+    m = jnp.max(yf, axis=-1, where=finite, initial=0.0, keepdims=True)
+    e = jnp.where(finite, jnp.exp(yf - m), 0)
+    s = jnp.sum(e, axis=-1)
+    m0 = m[..., 0]
     # m == 0: log1p keeps full precision for a small sum; m > 0: exp(-m) + s >= 1.
-    return jnp.where(m > 0, m + jnp.log(jnp.exp(-m) + s), jnp.log1p(s))
+    value = jnp.where(m0 > 0, m0 + jnp.log(jnp.exp(-m0) + s), jnp.log1p(s))
+    p = e / (jnp.exp(-m0) + s)[..., None]
+    pinf = y == jnp.inf
+    n_inf = jnp.sum(pinf, axis=-1)
+    value = jnp.where(n_inf > 0, jnp.inf, value)
+    p = jnp.where((n_inf > 0)[..., None], pinf / jnp.maximum(n_inf, 1)[..., None], p)
+    nan = jnp.any(jnp.isnan(y), axis=-1)
+    return jnp.where(nan, jnp.nan, value), jnp.where(nan[..., None], jnp.nan, p)
+
+
+@jax.custom_jvp
+def _log1p_sum_exp(y: jax.Array) -> jax.Array:
+    """``log(1 + Σ_i e^{y_i})`` over the last axis; see :func:`_log1p_sum_exp_parts`."""
+    return _log1p_sum_exp_parts(y)[0]
+
+
+@_log1p_sum_exp.defjvp
+def _log1p_sum_exp_jvp(primals, tangents):
+    value, p = _log1p_sum_exp_parts(primals[0])
+    dy = tangents[0]
+    return value, jnp.sum(jnp.where(p != 0, p * dy, 0), axis=-1)
+
+
+def _weighted(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Exponents ``x_i + log w_i`` of ``Σ_i w_i e^{x_i}`` (weights ``w_i >= 0``).
+
+    Entries with ``w_i == 0`` become ``-inf`` and are excluded exactly (they never reach
+    an ``exp``, whatever ``x_i`` holds); a NaN weight gives a NaN exponent. Folding the
+    weight into the exponent before the max-shift keeps tiny soft weights with huge
+    scores from underflowing or overflowing.
+    """
+    keep = (w > 0) | jnp.isnan(w)
+    return jnp.where(keep, x + jnp.log(jnp.where(keep, w, 1)), -jnp.inf)
 
 
 def _zlpr(z: jax.Array, t: jax.Array, valid: jax.Array) -> jax.Array:
     """Soft ZLPR on shifted scores ``z = s - s0``; ``valid`` marks included classes."""
-    z = jnp.where(valid, z, 0)  # no -inf past this point: NaN-free gradients
-    pos = _log1p_sum_exp(-z, jnp.where(valid, t, 0))
-    neg = _log1p_sum_exp(z, jnp.where(valid, 1 - t, 0))
+    z = jnp.where(valid, z, 0)  # excluded classes (-inf or where=False): no NaN gradients
+    pos = _log1p_sum_exp(_weighted(-z, jnp.where(valid, t, 0)))
+    neg = _log1p_sum_exp(_weighted(z, jnp.where(valid, 1 - t, 0)))
     return pos + neg
 
 
@@ -123,7 +169,7 @@ def _dense_core(
 ) -> jax.Array:
     cdtype = _compute_dtype(logits.dtype)
     s = logits.astype(cdtype)
-    valid = s > -jnp.inf  # -inf logits mark absent classes
+    valid = s != -jnp.inf  # -inf logits mark absent classes (NaN stays: NaN loss)
     if where is not None:
         valid = valid & where
     t = jnp.clip(labels.astype(cdtype), 0, 1)
@@ -160,10 +206,11 @@ def multilabel_categorical_crossentropy(
     Args:
       logits: ``[..., num_classes]`` raw scores (no sigmoid / softmax), any float
         dtype. Entries equal to ``-inf`` are treated as absent classes (dropped from
-        both sums whatever their label) with finite, zero gradients.
+        both sums whatever their label) with finite, zero gradients; ``+inf`` and NaN
+        follow the module docstring (``+inf`` loss with a finite gradient / NaN).
       labels: same shape as ``logits``; multi-hot (0/1, bool, int or float) or soft
-        targets in ``[0, 1]``. Concrete labels outside ``[0, 1]`` raise; traced
-        labels are clipped to ``[0, 1]``.
+        targets in ``[0, 1]``. Concrete labels outside ``[0, 1]`` (or NaN) raise;
+        traced labels are clipped to ``[0, 1]``, and a traced NaN label gives NaN.
       threshold: the decision threshold ``s0`` (default 0), a scalar or an array
         broadcastable to ``logits`` (per-class thresholds use the shifted form).
       where: optional boolean mask broadcastable to ``logits``; classes where it is
@@ -171,7 +218,8 @@ def multilabel_categorical_crossentropy(
 
     Returns:
       Loss of shape ``logits.shape[:-1]`` in ``logits.dtype``. float16 / bfloat16
-      inputs are computed in float32 and cast back, so the results are finite.
+      inputs are computed in float32 and rounded back: finite for finite logits
+      whenever the loss fits the dtype, ``+inf`` beyond (float16: past 65504).
 
     Raises:
       TypeError: non-float ``logits`` or non-bool ``where``.
@@ -238,13 +286,14 @@ def sparse_multilabel_categorical_crossentropy(
 
     Args:
       logits: ``[..., C]`` raw scores, any float dtype; ``-inf`` entries are absent
-        classes (excluded, NaN-free gradients).
+        classes (excluded, NaN-free gradients); ``+inf`` and NaN as in the dense form.
       label_ids: ``[..., P]`` integer ids of the positive classes, leading shape
         equal to ``logits.shape[:-1]``. Duplicate ids count once (the positives are
         a set: the result equals the dense loss on the multi-hot labels). Concrete
         ids must lie in ``[0, C)``; traced ids cannot be checked, and out-of-range
         ids (negative or ``>= C``) are then *ignored* like padding (never wrapped
-        or clipped onto a real class).
+        or clipped onto a real class): under ``jit`` an id such as ``-1`` pads a
+        row with fewer positives.
       threshold: decision threshold ``s0`` as in the dense form.
       mask_zero: if ``True``, id ``0`` is padding and class 0 is removed from the
         problem entirely (it is then not a valid label nor a negative), as in
@@ -254,7 +303,7 @@ def sparse_multilabel_categorical_crossentropy(
 
     Returns:
       Loss of shape ``logits.shape[:-1]`` in ``logits.dtype`` (float16 / bfloat16
-      computed in float32).
+      computed in float32 and rounded back, ``+inf`` beyond the dtype's range).
 
     Raises:
       TypeError: non-float ``logits``, non-integer ``label_ids`` or non-bool ``where``.
@@ -319,7 +368,10 @@ def multilabel_predict(logits: ArrayLike, threshold: ArrayLike = 0.0) -> jax.Arr
       threshold: ``s0`` used in training (scalar or broadcastable array).
 
     Returns:
-      Boolean array of the shape of ``logits``.
+      Boolean array of the shape of ``logits``: ``+inf`` is predicted, ``-inf`` is
+      not. A NaN score is *not* predicted (an IEEE comparison with NaN is false and a
+      boolean cannot carry NaN); :func:`multilabel_probabilities` gives NaN for it, so
+      use that (or ``jnp.isnan``) where scores may be NaN.
 
     References:
       Su Jianlin, https://kexue.fm/archives/7359 (2020).
@@ -346,7 +398,8 @@ def multilabel_probabilities(logits: ArrayLike, *, threshold: ArrayLike = 0.0) -
     rank and to cross the threshold, so treat these as scores, not frequencies.
 
     Args:
-      logits: ``[..., num_classes]`` raw scores (``-inf`` gives probability 0).
+      logits: ``[..., num_classes]`` raw scores (``-inf`` gives probability 0,
+        ``+inf`` probability 1, NaN gives NaN).
       threshold: ``s0`` used in training.
 
     Returns:

@@ -234,7 +234,7 @@ def test_bad_inputs_raise(model):
     q = jnp.ones((2, 3, 4, 8))
     with pytest.raises(ValueError, match="attention_weights: mask of shape .* does not broadcast"):
         attention_weights(q, q, jnp.ones((2, 5, 3, 3), bool))
-    with pytest.raises(ValueError, match="segment_ids"):
+    with pytest.raises(ValueError, match=r"`token_type_ids` must have shape \(2, 10\)"):
         model(ids, jnp.zeros((2, 9), jnp.int32))
     with pytest.raises(ValueError, match="divisible"):
         BertConfig(hidden_size=10, num_attention_heads=3)
@@ -244,3 +244,90 @@ def test_bad_inputs_raise(model):
         BertConfig(hidden_dropout_prob=1.0)
     with pytest.raises(ValueError, match="relative"):
         BertConfig.from_dict({"position_embedding_type": "relative_key"})
+
+
+# ------------------------------------------------------------ ids and HF keywords
+
+
+def test_hf_keywords_and_segment_ids_alias_agree(model):
+    ids = _ids()
+    seg = jnp.zeros_like(ids).at[:, 5:].set(1)
+    pad = (jnp.arange(10) < 8)[None, :].repeat(2, axis=0).astype(jnp.int32)  # HF 0/1 mask
+
+    @nnx.jit
+    def both(model, ids, seg, pad):
+        positions = jnp.broadcast_to(jnp.arange(10), (2, 10))
+        return (
+            model(ids, seg, pad),
+            model(input_ids=ids, token_type_ids=seg, attention_mask=pad, position_ids=positions),
+        )
+
+    positional, keywords = both(model, ids, seg, pad)
+    np.testing.assert_array_equal(keywords, positional)
+    # the alias reaches the same embeddings; the token types do matter
+    np.testing.assert_array_equal(model.embed(ids, segment_ids=seg), model.embed(ids, seg))
+    assert float(jnp.abs(model.embed(ids, seg) - model.embed(ids)).max()) > 1e-3
+    with pytest.raises(ValueError, match="`token_type_ids` or its alias `segment_ids`, not both"):
+        model(ids, seg, segment_ids=seg)
+
+
+@pytest.mark.parametrize(
+    "name, bad, bound",
+    [
+        ("input_ids", CFG.vocab_size, "vocab_size=31"),
+        ("input_ids", -1, "vocab_size=31"),
+        ("token_type_ids", 2, "type_vocab_size=2"),
+        ("token_type_ids", -2, "type_vocab_size=2"),
+        ("position_ids", 16, "max_position_embeddings=16"),
+    ],
+)
+def test_concrete_out_of_range_ids_raise(model, name, bad, bound):
+    args = {
+        "input_ids": np.asarray(_ids()),
+        "token_type_ids": np.zeros((2, 10), np.int32),
+        "position_ids": np.tile(np.arange(10), (2, 1)),
+    }
+    args[name] = args[name].copy()
+    args[name][1, 7] = bad
+    pattern = rf"`{name}` must lie in \[0, {bound}\), got {bad} at index \(1, 7\)"
+    with pytest.raises(ValueError, match=pattern):
+        model(**args)  # numpy ids
+    with pytest.raises(ValueError, match=pattern):
+        model(**{k: jnp.asarray(v) for k, v in args.items()})  # committed jax arrays
+    with pytest.raises(ValueError, match=pattern.replace("`", "`")):
+        model.embeddings(args["input_ids"], args["token_type_ids"], args["position_ids"])
+
+
+def test_traced_out_of_range_ids_give_nan_for_that_example_only(model):
+    ids = np.asarray(_ids(batch=3))
+    seg = np.zeros_like(ids)
+    clean_h = _forward(model, ids, seg, None)
+    for name, value in (("ids", CFG.vocab_size + 5), ("ids", -1), ("seg", 2), ("seg", -1)):
+        i, s = ids.copy(), seg.copy()
+        (i if name == "ids" else s)[1, 4] = value
+        h = np.asarray(_forward(model, i, s, None))
+        assert np.isnan(h[1]).all()
+        np.testing.assert_array_equal(h[[0, 2]], np.asarray(clean_h)[[0, 2]])
+    # The NaN reaches the heads; a loss that leaves the example out (before any shared
+    # weight touches it) keeps every gradient finite: the layers never see the NaN.
+    i = ids.copy()
+    i[0, 0] = -3
+
+    def loss(m, i):
+        h = m(i)
+        return jnp.sum(m.mlm_logits(h[1:]) ** 2), m.pool(h)
+
+    (value, pooled), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model, i)
+    assert np.isfinite(float(value))
+    assert np.isnan(np.asarray(pooled[0])).all() and np.isfinite(np.asarray(pooled[1:])).all()
+    leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+
+
+def test_masked_softmax_non_finite_allowed_logits_give_nan_rows():
+    z = jnp.array([[1.0, jnp.nan, 0.0], [1.0, jnp.inf, 0.0], [1.0, jnp.nan, jnp.inf]])
+    mask = jnp.array([[True, True, False], [True, True, True], [True, False, False]])
+    got = np.asarray(_jit_masked_softmax(z, mask))
+    assert np.isnan(got[0]).all() and np.isnan(got[1]).all()
+    e = np.exp([0.0])  # row 2: the NaN and +inf are masked out
+    np.testing.assert_allclose(got[2], [e[0] / e[0], 0.0, 0.0])

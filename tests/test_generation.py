@@ -228,3 +228,36 @@ def test_bad_arguments(model):
     headless = BertModel(_config(with_mlm_head=False), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="MLM head"):
         unilm_greedy_generate(headless, src, max_new_tokens=2, end_token_id=END)
+
+
+def test_out_of_range_ids_raise_when_concrete(model):
+    src = np.array(_padded(SOURCES))
+    for value in (VOCAB, -1):
+        bad = src.copy()
+        bad[2, 1] = value
+        pattern = (
+            rf"`source_ids` must lie in \[0, vocab_size={VOCAB}\), got {value} at index \(2, 1\)"
+        )
+        with pytest.raises(ValueError, match="unilm_greedy_generate: " + pattern):
+            unilm_greedy_generate(model, bad, max_new_tokens=2, end_token_id=END)
+        with pytest.raises(ValueError, match="unilm_beam_search: " + pattern):
+            unilm_beam_search(model, bad, beam_size=2, max_new_tokens=2, end_token_id=END)
+        with pytest.raises(ValueError, match="unilm_encode_source: " + pattern):
+            unilm_encode_source(model, jnp.asarray(bad), max_new_tokens=2)
+    _, cache = unilm_encode_source(model, src, max_new_tokens=2)
+    with pytest.raises(ValueError, match=rf"`token_ids` must lie in \[0, vocab_size={VOCAB}\)"):
+        unilm_decode_step(model, jnp.array([1, VOCAB, 2]), 0, cache)
+
+
+def test_traced_out_of_range_source_gives_nan_logits_for_that_example(model):
+    src = np.array(_padded(SOURCES))
+    bad = src.copy()
+    bad[1, 1] = VOCAB + 3
+    encode = nnx.jit(unilm_encode_source, static_argnames="max_new_tokens")
+    clean, _ = encode(model, src, max_new_tokens=2)
+    logits, cache = encode(model, bad, max_new_tokens=2)
+    assert np.isnan(np.asarray(logits[1])).all()
+    np.testing.assert_array_equal(np.asarray(logits)[[0, 2]], np.asarray(clean)[[0, 2]])
+    step = nnx.jit(unilm_decode_step)
+    out, _ = step(model, jnp.array([4, 5, VOCAB]), 0, cache)
+    assert np.isnan(np.asarray(out[1:])).all() and np.isfinite(np.asarray(out[0])).all()

@@ -434,3 +434,94 @@ def test_errors():
     # the shape checks also fire at trace time under jit
     with pytest.raises(ValueError, match=r"`labels` must have the shape of `logits`"):
         jax.jit(MCCE)(s, jnp.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize(
+    "logits, labels, loss, grad",
+    [
+        # +inf on a negative class: the true loss +inf, gradient 1 on that logit
+        ([np.inf, 2.0, -1.0], [0, 1, 0], np.inf, [1.0, -_sigmoid(-2.0), 0.0]),
+        # two +inf negatives share the gradient (limit of the softmax weights)
+        ([np.inf, np.inf, 0.0], [0, 0, 1], np.inf, [0.5, 0.5, -0.5]),
+        # soft label < 1 on +inf: its negative weight 0.7 > 0 gives +inf as well
+        ([np.inf, 0.0], [0.3, 1.0], np.inf, [1.0, -0.5]),
+        # +inf on a positive class: its term log(1 + e^{-inf}) = 0 vanishes
+        ([np.inf, -1.0], [1, 0], math.log1p(math.exp(-1.0)), [0.0, _sigmoid(-1.0)]),
+        # -inf marks an absent class whatever its label (the masking convention)
+        ([-np.inf, 1.0], [1, 1], math.log1p(math.exp(-1.0)), [0.0, -_sigmoid(-1.0)]),
+    ],
+)
+def test_infinite_logits_closed_forms(logits, labels, loss, grad):
+    s = jnp.asarray([logits], jnp.float32)
+    t = jnp.asarray([labels], jnp.float32)
+    value, g = jax.jit(jax.value_and_grad(lambda v: mcce(v, t)[0]))(s)
+    np.testing.assert_allclose(float(value), loss, rtol=1e-6)
+    np.testing.assert_allclose(g[0], grad, rtol=1e-6, atol=1e-7)
+    hard = np.asarray(labels)
+    if set(hard.tolist()) <= {0, 1} and hard.sum() == 1:  # the sparse form: one positive id
+        ids = jnp.asarray([np.flatnonzero(hard)])
+        value_s, g_s = jax.value_and_grad(lambda v: smcce(v, ids)[0])(s)
+        np.testing.assert_allclose(float(value_s), loss, rtol=1e-6)
+        np.testing.assert_allclose(g_s[0], grad, rtol=1e-6, atol=1e-7)
+
+
+def test_nan_logits_and_traced_nan_labels_give_nan_for_that_example_only():
+    s = np.array([[np.nan, 1.0, -0.5], [0.3, -2.0, 1.5], [1.0, 2.0, np.nan]], np.float32)
+    y = np.array([[0, 1, 0], [1, 0, 0], [1, 0, 1]], np.float32)
+    want = ref_soft(s[1:2], y[1:2])[0]
+    for loss_fn in (
+        lambda v: mcce(v, y),
+        lambda v: mcce(v, y * 0.8),
+        lambda v: smcce(v, jnp.array([[1], [0], [0]])),
+        lambda v: mcce(v, y, threshold=0.4),
+    ):
+        got = np.asarray(loss_fn(jnp.asarray(s)))
+        assert np.isnan(got[[0, 2]]).all() and np.isfinite(got[1])
+    np.testing.assert_allclose(mcce(s, y)[1], want, rtol=1e-6)
+    g = np.asarray(jax.grad(lambda v: mcce(v, y).sum())(jnp.asarray(s)))
+    assert np.isnan(g[0]).any() and np.isnan(g[2]).any() and np.isfinite(g[1]).all()
+    # a NaN logit in a class excluded by `where` is ignored
+    keep = ~np.isnan(s)
+    np.testing.assert_allclose(
+        np.asarray(mcce(s, y, where=keep))[[0, 2]],
+        [ref_soft(s[0:1, 1:], y[0:1, 1:])[0], ref_soft(s[2:, :2], y[2:, :2])[0]],
+        rtol=1e-6,
+    )
+    # traced NaN soft labels: NaN (concrete ones raise, see test_errors)
+    t = np.array([[0.5, np.nan, 0.0], [0.2, 0.1, 0.9]], np.float32)
+    got = np.asarray(mcce(np.zeros((2, 3), np.float32), t))
+    assert np.isnan(got[0]) and np.isfinite(got[1])
+    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 1\]"):
+        MCCE(np.zeros((2, 3), np.float32), t)
+
+
+def test_half_precision_overflow_is_inf_with_finite_gradient():
+    s = np.array([[65504.0, -65504.0], [3.0, -2.0]])
+    y = np.array([[0, 1], [0, 1]])
+    value32 = mcce(jnp.asarray(s, jnp.float32), y)
+    np.testing.assert_allclose(value32[0], 2 * 65504.0, rtol=1e-7)  # true value ~131008
+    for dtype in (jnp.float16, jnp.bfloat16):
+        value = mcce(jnp.asarray(s, dtype), y)
+        assert value.dtype == dtype
+        if dtype == jnp.float16:  # beyond the float16 range: +inf, not NaN
+            assert np.isposinf(np.asarray(value[0], np.float32))
+        np.testing.assert_allclose(
+            np.asarray(value[1], np.float32), ref_soft(s[1:], y[1:])[0], rtol=1e-2
+        )
+        g = jax.grad(lambda v: mcce(v, y)[0].astype(jnp.float32))(jnp.asarray(s, dtype))
+        np.testing.assert_array_equal(np.asarray(g[0], np.float32), [1.0, -1.0])
+
+
+def test_predict_and_probabilities_of_non_finite_scores():
+    s = np.array([np.nan, np.inf, -np.inf, 0.5], np.float32)
+    np.testing.assert_array_equal(multilabel_predict(s), [False, True, False, True])
+    p = np.asarray(multilabel_probabilities(s))
+    assert np.isnan(p[0]) and p[1] == 1.0 and p[2] == 0.0
+    np.testing.assert_allclose(p[3], _sigmoid(1.0), rtol=1e-6)

@@ -415,3 +415,61 @@ def test_unilm_causality_through_bert_if_available():
     np.testing.assert_allclose(
         np.asarray(model(scrambled, seg, mask))[0, :4], base[0, :4], atol=1e-5
     )
+
+
+def test_seq2seq_loss_out_of_range_ids_and_flags():
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 6)), jnp.float32)
+    ids = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 0, 0], [2, 2, 2, 2, 2]])
+    seg = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
+    mask = ids != 0
+    want = np.asarray(seq2seq_loss(logits, ids, seg, mask))
+    # concrete (numpy or jax) values out of range: errors naming argument, range and value
+    for bad in (6, -1):
+        wrong = ids.copy()
+        wrong[1, 2] = bad
+        for arr in (wrong, jnp.asarray(wrong)):
+            with pytest.raises(
+                ValueError, match=rf"`ids` must lie in \[0, vocab=6\), got {bad} at index \(1, 2\)"
+            ):
+                seq2seq_loss(logits, arr, seg, mask)
+    with pytest.raises(ValueError, match=r"`segment_ids` must lie in \[0, 2\), got 2"):
+        seq2seq_loss(logits, ids, seg + (seg == 1), mask)
+    with pytest.raises(ValueError, match=r"`mask` must lie in \[0, 2\), got 0.5"):
+        seq2seq_loss(logits, ids, seg, np.where(mask, 1.0, 0.5))
+    with pytest.raises(TypeError, match="`logits` must be floating"):
+        seq2seq_loss(jnp.zeros((3, 5, 6), jnp.int32), ids, seg, mask)
+
+    # traced: NaN loss for exactly the examples holding a bad value, no wrap-around
+    def put(a, col, value):
+        a = np.array(a, dtype=int)
+        a[1, col] = value
+        return a
+
+    jitted = jax.jit(seq2seq_loss)
+    cases = [
+        (put(ids, 2, 6), seg, mask),
+        (put(ids, 3, -1), seg, mask),
+        (ids, put(seg, 0, 3), mask),
+        (ids, seg, put(mask, 4, 2)),
+    ]
+    for arrays in cases:
+        got = np.asarray(jitted(logits, *arrays))
+        assert np.isnan(got[1]) and not np.isnan(got[[0, 2]]).any()
+        np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-6)
+    # the other examples' gradients stay finite and equal to the clean ones
+    g_bad = jax.grad(lambda x: jnp.nansum(jitted(x, *cases[0])))(logits)
+    g_clean = jax.grad(lambda x: jnp.sum(jitted(x, ids, seg, mask)[jnp.array([0, 2])]))(logits)
+    np.testing.assert_allclose(g_bad[jnp.array([0, 2])], g_clean[jnp.array([0, 2])], rtol=1e-6)
+
+
+def test_seq2seq_loss_nan_logits_count_only_where_weighted():
+    logits = np.zeros((2, 4, 3), np.float32)
+    ids = np.array([[1, 2, 0, 1], [1, 2, 0, 1]])
+    seg = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    logits[0, 2, 1] = np.nan  # predicts ids[0, 3]: a weighted position
+    logits[1, 3, 0] = np.nan  # the last position predicts nothing
+    logits[1, 0, 2] = np.nan  # predicts ids[1, 1], a source token
+    got = np.asarray(seq2seq_loss(logits, ids, seg))
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1], np.log(3.0), rtol=1e-6)

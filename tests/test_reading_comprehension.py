@@ -297,3 +297,65 @@ def test_end_to_end_with_bert_if_available():
         np.testing.assert_allclose(float(out.scores[b]), score, rtol=1e-5)
     agg = aggregate_answer_scores(out.tokens, out.lengths, out.scores)
     assert all(0.0 <= v < 1.0 for v in agg.values())
+
+
+def test_decoder_out_of_range_passage_ids_and_lengths():
+    probs = jnp.full((2, 3, 6), 1 / 6)
+    passage = np.array([[3, 4, 5, 3], [4, 5, 3, 0]])
+    lengths = np.array([4, 3])
+    for value in (6, -2):
+        bad = passage.copy()
+        bad[1, 2] = value
+        with pytest.raises(
+            ValueError, match=rf"`passage_ids` must lie in \[0, vocab=6\), got {value} at index"
+        ):
+            passage_constrained_decode(probs, bad, lengths, sep_id=2)
+    with pytest.raises(ValueError, match=r"`passage_lengths` must lie in \[0, P \+ 1=5\), got 5"):
+        passage_constrained_decode(probs, passage, np.array([5, 3]), sep_id=2)
+    with pytest.raises(TypeError, match="passage_lengths must be integer"):
+        passage_constrained_decode(probs, passage, np.array([4.0, 3.0]), sep_id=2)
+    # traced: that example gets score NaN and the empty answer; the other is unchanged
+    ref = passage_constrained_decode(probs, passage, lengths, sep_id=2)
+    decode = jax.jit(passage_constrained_decode, static_argnames="sep_id")
+    bad = passage.copy()
+    bad[1, 0] = -1
+    for args in ((bad, lengths), (passage, np.array([4, -1]))):
+        out = decode(probs, *args, sep_id=2)
+        assert np.isnan(float(out.scores[1])) and int(out.lengths[1]) == 0
+        assert int(out.start[1]) == -1 and not np.asarray(out.start_mask[1]).any()
+        assert (np.asarray(out.tokens[1]) == 0).all()
+        for a, r in zip(out, ref):
+            np.testing.assert_allclose(np.asarray(a)[0], np.asarray(r)[0])
+
+
+def test_decoder_nan_probabilities_are_honest():
+    passage = jnp.array([[4, 5, 6]])
+    p = jnp.full((1, 2, 8), 0.01).at[0, 0, 5].set(0.9).at[0, 1, 2].set(0.8)
+    out = passage_constrained_decode(p.at[0, 0, 5].set(jnp.nan), passage, sep_id=2)
+    assert np.isnan(float(out.scores[0]))  # NaN at the token it may choose
+    clean = passage_constrained_decode(p, passage, sep_id=2)
+    forbidden = passage_constrained_decode(p.at[0, :, 7].set(jnp.nan), passage, sep_id=2)
+    for a, r in zip(forbidden, clean):  # NaN at a token outside the passage: ignored
+        np.testing.assert_array_equal(a, r)
+
+
+def test_builders_reject_negative_token_ids():
+    kw = dict(answer_len=2, max_len=12, cls_id=1, sep_id=2, mask_id=3)
+    with pytest.raises(
+        ValueError, match=r"passage_ids must hold token ids >= 0, got -1 at index 1"
+    ):
+        build_mlm_reading_inputs([7], [20, -1], **kw)
+    with pytest.raises(ValueError, match="mask_id must be a token id"):
+        build_mlm_reading_inputs([7], [20], **{**kw, "mask_id": -3})
+    with pytest.raises(ValueError, match="sep_id must be a token id"):
+        build_mlm_reading_targets([20], answer_len=2, sep_id=-1)
+    with pytest.raises(ValueError, match="answer_ids must hold token ids >= 0"):
+        build_mlm_reading_targets([-5], answer_len=2, sep_id=2)
+
+
+def test_aggregation_keeps_nan_scores_and_sorts_them_last():
+    toks = np.array([[5, 6], [9, 0], [5, 6], [4, 0]])
+    agg = aggregate_answer_scores(toks, np.array([2, 1, 2, 1]), np.array([0.8, 0.3, np.nan, 0.5]))
+    assert list(agg)[-1] == (5, 6) and np.isnan(agg[(5, 6)])
+    np.testing.assert_allclose([agg[(4,)], agg[(9,)]], [0.25 / 1.5, 0.09 / 1.3])
+    assert list(agg)[:2] == [(4,), (9,)]
