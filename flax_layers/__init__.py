@@ -19,6 +19,7 @@ from flax_layers.checkpoint import (
     bert_param_map,
     load_hf_bert,
     load_safetensors,
+    save_hf_bert,
 )
 from flax_layers.crf import (
     crf_log_likelihood,
@@ -137,6 +138,7 @@ __all__ = [
     "prefix_lm_mask",
     "random_order_mask",
     "right_to_left_mask",
+    "save_hf_bert",
     "seq2seq_loss",
     "trim_vocab",
     "unilm_beam_search",
