@@ -225,7 +225,14 @@ QUESTION_LEN = max(len(q) for q in QUESTION_TEXT.values())
 MLM_LEN = 1 + L + 1 + QUESTION_LEN + 1 + PASSAGE_LEN + 1  # [CLS] slots [SEP] q [SEP] p [SEP]
 SOURCE_LEN = 1 + QUESTION_LEN + 1 + PASSAGE_LEN + 1  # [CLS] q [SEP] p [SEP]
 SEQ_LEN = max(MLM_LEN, SOURCE_LEN + L)  # both layouts are padded to this length
-MLM_KW = dict(answer_len=L, max_len=MLM_LEN, cls_id=CLS, sep_id=SEP, mask_id=MASK, pad_id=PAD)
+MLM_KW = dict(
+    answer_len=L,
+    seq_len=MLM_LEN,
+    cls_token_id=CLS,
+    sep_token_id=SEP,
+    mask_token_id=MASK,
+    pad_token_id=PAD,
+)
 
 
 def rows_of(questions: list[dict]) -> list[tuple[int, str, str, str]]:
@@ -252,7 +259,7 @@ def build_arrays(rows) -> dict[str, np.ndarray]:
         mlm_seg=np.zeros((n, SEQ_LEN), np.int32),
         mlm_window=np.broadcast_to(mlm.answer_positions, (n, L)).astype(np.int32),
         mlm_targets=np.stack(
-            [build_mlm_reading_targets(encode(a), answer_len=L, sep_id=SEP) for *_, a in rows]
+            [build_mlm_reading_targets(encode(a), answer_len=L, sep_token_id=SEP) for *_, a in rows]
         ),
         passage_ids=mlm.passage_ids,
         passage_length=mlm.passage_length,
@@ -434,7 +441,9 @@ def mlm_decode(gdef, params, rest, ids, passage_ids, passage_length):
     mask = combine_masks(bidirectional_mask(ids.shape[1]), padding_mask(ids, PAD))
     logits = model.mlm_logits(model(ids, attention_mask=mask)[:, 1 : L + 1])
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    out = passage_constrained_decode(probs, passage_ids, passage_length, sep_id=SEP, pad_id=PAD)
+    out = passage_constrained_decode(
+        probs, passage_ids, passage_length, sep_token_id=SEP, pad_token_id=PAD
+    )
     columns = jnp.concatenate([passage_ids, jnp.full_like(passage_ids[:, :1], SEP)], axis=1)
     return out, jnp.take_along_axis(probs, columns[:, None, :], axis=2)  # for the plot
 

@@ -1,9 +1,10 @@
 """Flax NNX layers and the pure functions behind them.
 
 Geometric initialisers, CRF / MEMM / Bi-MEMM sequence labelling, attention
-masks (bidirectional, left-to-right, UniLM, random order), a BERT-style
-encoder that loads Hugging Face checkpoints, UniLM generation and
-non-autoregressive MLM reading-comprehension decoding.
+masks (bidirectional, left-to-right, UniLM, random order, packed rows), a
+BERT-style encoder that loads Hugging Face checkpoints, UniLM generation
+(greedy, beam search, sampling) and non-autoregressive MLM reading-comprehension
+decoding.
 """
 
 from flax_layers.bert import (
@@ -36,6 +37,7 @@ from flax_layers.generation import (
     unilm_decode_step,
     unilm_encode_source,
     unilm_greedy_generate,
+    unilm_sample,
 )
 from flax_layers.initializers import (
     compute_fans,
@@ -54,6 +56,8 @@ from flax_layers.masks import (
     combine_masks,
     left_to_right_mask,
     mask_to_bias,
+    packed_causal_mask,
+    packed_position_ids,
     padding_mask,
     padding_mask_from_lengths,
     prefix_lm_mask,
@@ -131,6 +135,8 @@ __all__ = [
     "norm_preservation_ratio",
     "norm_preserving",
     "orthogonality_error",
+    "packed_causal_mask",
+    "packed_position_ids",
     "padding_mask",
     "padding_mask_from_lengths",
     "passage_constrained_decode",
@@ -145,6 +151,7 @@ __all__ = [
     "unilm_decode_step",
     "unilm_encode_source",
     "unilm_greedy_generate",
+    "unilm_sample",
     "unilm_mask",
     "viterbi_decode",
     "viterbi_nbest",

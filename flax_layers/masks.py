@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_layers._compat import renamed_arguments
 from flax_layers._ids import any_rows, bad_rows, check_ids, is_concrete, poison, safe_ids
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "combine_masks",
     "left_to_right_mask",
     "mask_to_bias",
+    "packed_causal_mask",
+    "packed_position_ids",
     "padding_mask",
     "padding_mask_from_lengths",
     "prefix_lm_mask",
@@ -53,15 +56,16 @@ def _check_seq_len(seq_len: int) -> int:
     return int(seq_len)
 
 
-def padding_mask(ids: jax.Array, pad_id: int = 0) -> jax.Array:
-    """Key padding mask from token ids: keys equal to ``pad_id`` are hidden.
+@renamed_arguments(pad_id="pad_token_id")
+def padding_mask(ids: jax.Array, pad_token_id: int = 0) -> jax.Array:
+    """Key padding mask from token ids: keys equal to ``pad_token_id`` are hidden.
 
-    Only keys are masked (``mask[b, 0, 0, j] = ids[b, j] != pad_id``); padded *query*
+    Only keys are masked (``mask[b, 0, 0, j] = ids[b, j] != pad_token_id``); padded *query*
     rows still produce (ignored) outputs, which avoids fully masked softmax rows.
 
     Args:
       ids: integer token ids ``[batch, seq]``.
-      pad_id: the padding token id.
+      pad_token_id: the padding token id (``pad_id`` is a deprecated alias).
 
     Returns:
       Boolean mask ``[batch, 1, 1, seq]`` that broadcasts against ``[batch, 1, q, k]``.
@@ -75,18 +79,20 @@ def padding_mask(ids: jax.Array, pad_id: int = 0) -> jax.Array:
     """
     _check_rank("ids", ids, 2, "[batch, seq]")
     _check_int("ids", ids)
-    return (jnp.asarray(ids) != pad_id)[:, None, None, :]
+    return (jnp.asarray(ids) != pad_token_id)[:, None, None, :]
 
 
-def padding_mask_from_lengths(lengths: jax.Array, max_len: int) -> jax.Array:
+@renamed_arguments(max_len="seq_len")
+def padding_mask_from_lengths(lengths: jax.Array, seq_len: int) -> jax.Array:
     """Key padding mask from sequence lengths: ``mask[b, 0, 0, j] = j < lengths[b]``.
 
     Args:
       lengths: integer lengths ``[batch]``.
-      max_len: the padded sequence length (static Python int).
+      seq_len: the padded sequence length (static Python int; ``max_len`` is a
+        deprecated alias).
 
     Returns:
-      Boolean mask ``[batch, 1, 1, max_len]``.
+      Boolean mask ``[batch, 1, 1, seq_len]``.
 
     Reference: Vaswani et al., "Attention Is All You Need" (2017).
 
@@ -98,8 +104,8 @@ def padding_mask_from_lengths(lengths: jax.Array, max_len: int) -> jax.Array:
     """
     _check_rank("lengths", lengths, 1, "[batch]")
     _check_int("lengths", lengths)
-    max_len = _check_seq_len(max_len)
-    return (jnp.arange(max_len)[None, :] < jnp.asarray(lengths)[:, None])[:, None, None, :]
+    seq_len = _check_seq_len(seq_len)
+    return (jnp.arange(seq_len)[None, :] < jnp.asarray(lengths)[:, None])[:, None, None, :]
 
 
 def bidirectional_mask(seq_len: int) -> jax.Array:
@@ -225,15 +231,17 @@ def unilm_mask(segment_ids: jax.Array) -> jax.Array:
     return (c[:, None, :] <= c[:, :, None])[:, None]
 
 
-def prefix_lm_mask(prefix_lengths: jax.Array, seq_len: int) -> jax.Array:
+@renamed_arguments(prefix_lengths="prefix_length")
+def prefix_lm_mask(prefix_length: jax.Array, seq_len: int) -> jax.Array:
     """Prefix-LM mask: bidirectional inside the prefix, causal after it.
 
-    ``mask[b, i, j] = (j < p_b) or (j <= i)`` with ``p_b = prefix_lengths[b]``. With
+    ``mask[b, i, j] = (j < p_b) or (j <= i)`` with ``p_b = prefix_length[b]``. With
     ``p_b`` = length of ``[CLS] src [SEP]`` it equals :func:`unilm_mask` on the unpadded
     part.
 
     Args:
-      prefix_lengths: integer ``[batch]`` prefix lengths.
+      prefix_length: integer ``[batch]`` prefix length of each example
+        (``prefix_lengths`` is a deprecated alias).
       seq_len: sequence length (static Python int).
 
     Returns:
@@ -249,11 +257,11 @@ def prefix_lm_mask(prefix_lengths: jax.Array, seq_len: int) -> jax.Array:
              [1, 1, 1, 0],
              [1, 1, 1, 1]], dtype=int32)
     """
-    _check_rank("prefix_lengths", prefix_lengths, 1, "[batch]")
-    _check_int("prefix_lengths", prefix_lengths)
+    _check_rank("prefix_length", prefix_length, 1, "[batch]")
+    _check_int("prefix_length", prefix_length)
     seq_len = _check_seq_len(seq_len)
     idx = jnp.arange(seq_len)
-    in_prefix = idx[None, :] < jnp.asarray(prefix_lengths)[:, None]  # [B, K]
+    in_prefix = idx[None, :] < jnp.asarray(prefix_length)[:, None]  # [B, K]
     causal = idx[None, :] <= idx[:, None]  # [Q, K]
     return (in_prefix[:, None, :] | causal[None])[:, None]
 
@@ -307,6 +315,126 @@ def random_order_mask(order: jax.Array) -> jax.Array:
     rank = jnp.zeros((batch, seq), dtype=steps.dtype)
     rank = rank.at[jnp.arange(batch)[:, None], order].set(steps)
     return (rank[:, None, :] <= rank[:, :, None])[:, None]
+
+
+def _check_example_ids(fn: str, example_ids) -> jax.Array:
+    if jnp.ndim(example_ids) != 2:
+        raise ValueError(
+            f"{fn}: `example_ids` must have shape [batch, seq], got {jnp.shape(example_ids)}."
+        )
+    if not jnp.issubdtype(jnp.result_type(example_ids), jnp.integer):
+        raise TypeError(
+            f"{fn}: `example_ids` must be an integer array (0 = padding, 1, 2, ... the "
+            f"examples of a row), got dtype {jnp.result_type(example_ids)}."
+        )
+    if is_concrete(example_ids):
+        e = np.asarray(example_ids)
+        if e.size and e.min() < 0:
+            idx = tuple(int(i) for i in np.argwhere(e < 0)[0])
+            raise ValueError(
+                f"{fn}: `example_ids` must be >= 0 (0 = padding), got {e[idx].item()} at "
+                f"index {idx}."
+            )
+    return jnp.asarray(example_ids)
+
+
+def packed_causal_mask(example_ids: jax.Array, bidirectional: jax.Array | None = None) -> jax.Array:
+    """Attention mask of rows that pack several examples: causal, or prefix-LM / UniLM.
+
+    ``example_ids`` numbers the examples of a row (0 = padding) and ``bidirectional``
+    marks the prefix positions that attend to each other both ways::
+
+        mask[i, j] = e_i == e_j != 0  and  (j <= i  or  (b_i and b_j))
+
+    so a token only sees tokens of its own example: causally, plus the whole prefix for
+    a prefix token. Without ``bidirectional`` it is a causal LM mask per example; a
+    packed UniLM batch (rows ``[CLS] src [SEP] tgt [SEP] [CLS] src ...``) uses
+    ``bidirectional=segment_ids == 0``, which equals :func:`unilm_mask` combined with
+    the padding mask on each example alone. Padding rows and columns are all False.
+    Pair it with :func:`packed_position_ids` and ``seq2seq_loss(...,
+    example_ids=...)``.
+
+    Args:
+      example_ids: integer ``[batch, seq]``, ``>= 0``; each example a contiguous run of
+        one id (e.g. 1, 2, ... in each row), 0 on padding.
+      bidirectional: optional boolean ``[batch, seq]``, True on prefix positions.
+
+    Returns:
+      Boolean mask ``[batch, 1, seq, seq]``.
+
+    Raises:
+      ValueError: wrong shapes, or (concrete input) negative example ids.
+      TypeError: non-integer ``example_ids`` or non-boolean ``bidirectional``.
+
+    Reference: t5x ``make_decoder_mask`` (``decoder_segment_ids``,
+    ``decoder_causal_attention``); Raffel et al., "T5" (2019), arXiv:1910.10683, packing;
+    Dong et al., UniLM, arXiv:1905.03197.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> e = jnp.array([[1, 1, 1, 2, 2, 0]])
+      >>> seg = jnp.array([[0, 0, 1, 0, 1, 0]])
+      >>> packed_causal_mask(e, bidirectional=seg == 0).astype(int)[0, 0]
+      Array([[1, 1, 0, 0, 0, 0],
+             [1, 1, 0, 0, 0, 0],
+             [1, 1, 1, 0, 0, 0],
+             [0, 0, 0, 1, 0, 0],
+             [0, 0, 0, 1, 1, 0],
+             [0, 0, 0, 0, 0, 0]], dtype=int32)
+    """
+    fn = "packed_causal_mask"
+    e = _check_example_ids(fn, example_ids)
+    seq = e.shape[1]
+    same = (e[:, :, None] == e[:, None, :]) & (e != 0)[:, :, None]
+    idx = jnp.arange(seq)
+    allowed = jnp.broadcast_to(idx[None, :] <= idx[:, None], same.shape)
+    if bidirectional is not None:
+        if jnp.shape(bidirectional) != e.shape:
+            raise ValueError(
+                f"{fn}: `bidirectional` must have the shape of example_ids {e.shape}, got "
+                f"{jnp.shape(bidirectional)}."
+            )
+        if jnp.result_type(bidirectional) != jnp.bool_:
+            raise TypeError(
+                f"{fn}: `bidirectional` must be boolean (True on prefix positions), got "
+                f"dtype {jnp.result_type(bidirectional)}."
+            )
+        b = jnp.asarray(bidirectional)
+        allowed = allowed | (b[:, :, None] & b[:, None, :])
+    return (same & allowed)[:, None]
+
+
+def packed_position_ids(example_ids: jax.Array) -> jax.Array:
+    """Position ids that restart at 0 at the start of every packed example.
+
+    ``pos[t] = t - start(t)`` where ``start(t)`` is the first position of the run of
+    equal example ids that holds ``t``; padding (id 0) gets position 0. Feed it as
+    ``position_ids`` to :class:`flax_layers.BertModel` so that each example gets the
+    positions it would have alone in its row.
+
+    Args:
+      example_ids: integer ``[batch, seq]`` as for :func:`packed_causal_mask`.
+
+    Returns:
+      int32 ``[batch, seq]``.
+
+    Raises:
+      ValueError / TypeError: as for :func:`packed_causal_mask`.
+
+    Reference: t5x / seqio packing (``*_positions`` features); Raffel et al., "T5"
+    (2019), arXiv:1910.10683.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> packed_position_ids(jnp.array([[1, 1, 1, 2, 2, 0, 0]])).tolist()
+      [[0, 1, 2, 0, 1, 0, 0]]
+    """
+    e = _check_example_ids("packed_position_ids", example_ids)
+    seq = e.shape[1]
+    idx = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), e.shape)
+    starts = jnp.concatenate([jnp.ones_like(e[:, :1], bool), e[:, 1:] != e[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return jnp.where(e != 0, idx - first, 0).astype(jnp.int32)
 
 
 def combine_masks(*masks: jax.Array | None, dtype: jnp.dtype = jnp.bool_) -> jax.Array | None:
@@ -390,6 +518,8 @@ def seq2seq_loss(
     ids: jax.Array,
     segment_ids: jax.Array,
     mask: jax.Array | None = None,
+    *,
+    example_ids: jax.Array | None = None,
 ) -> jax.Array:
     """UniLM seq2seq cross-entropy: predict ``ids[:, 1:]`` from ``logits[:, :-1]`` on the target.
 
@@ -405,14 +535,29 @@ def seq2seq_loss(
     positions are sanitised, so ``-inf`` (or NaN) logits there give no NaN values or
     gradients, while a NaN logit at a weighted position makes that example's loss NaN.
 
+    Packed rows (several examples per row, numbered by ``example_ids``, see
+    :func:`packed_causal_mask`): a position only predicts a token of its own example
+    (``w[b, t]`` also needs ``e[b, t] == e[b, t + 1] != 0``) and each example is averaged
+    over its own target tokens; the row's value is the *sum* of its examples' means::
+
+        loss[b] = sum_k sum_{t: e[b, t+1] = k} w[b, t] ce[b, t] / max(n_k, 1),
+        n_k = sum_{t: e[b, t+1] = k} w[b, t]
+
+    With one example per row this is the formula above. The mean over examples that the
+    unpacked ``loss.mean()`` gives is then ``loss.sum() / num_examples`` (for example
+    ids ``1..n`` in each row, ``num_examples = example_ids.max(axis=1).sum()``).
+
     Args:
       logits: ``[batch, seq, vocab]`` model outputs.
       ids: integer ``[batch, seq]`` token ids in ``[0, vocab)``.
       segment_ids: ``[batch, seq]`` of 0 (source) / 1 (target), integer or bool.
       mask: optional ``[batch, seq]`` bool/0-1 padding mask (True = real token).
+      example_ids: optional integer ``[batch, seq]`` example numbers of packed rows
+        (0 = padding).
 
     Returns:
-      Per-example loss ``[batch]`` (float32, or wider if ``logits`` is wider). Under
+      Per-example loss ``[batch]`` (per row: the sum of its examples' losses when
+      ``example_ids`` is given) (float32, or wider if ``logits`` is wider). Under
       ``jit`` an example whose ``ids`` leave ``[0, vocab)``, or whose ``segment_ids`` or
       ``mask`` leave ``{0, 1}``, gets a NaN loss (concrete inputs raise instead).
 
@@ -447,6 +592,12 @@ def seq2seq_loss(
         )
     if mask is not None and jnp.shape(mask) != jnp.shape(ids):
         raise ValueError(f"mask must have shape {jnp.shape(ids)}, got {jnp.shape(mask)}.")
+    if example_ids is not None:
+        example_ids = _check_example_ids(fn, example_ids)
+        if example_ids.shape != jnp.shape(ids):
+            raise ValueError(
+                f"{fn}: `example_ids` must have shape {jnp.shape(ids)}, got {example_ids.shape}."
+            )
     if jnp.shape(ids)[1] < 2:
         raise ValueError(f"seq must be at least 2 to shift targets, got {jnp.shape(ids)[1]}.")
     vocab = jnp.shape(logits)[2]
@@ -461,12 +612,21 @@ def seq2seq_loss(
     weights = jnp.asarray(segment_ids)[:, 1:].astype(compute)
     if mask is not None:
         weights = weights * mask[:, 1:].astype(compute)
+    if example_ids is not None:
+        e = example_ids
+        weights = weights * ((e[:, 1:] == e[:, :-1]) & (e[:, 1:] != 0)).astype(compute)
     active = weights > 0
     x = jnp.where(active[..., None], jnp.asarray(logits)[:, :-1].astype(compute), 0)
     logp = jax.nn.log_softmax(x, axis=-1)
     targets = safe_ids(jnp.asarray(ids)[:, 1:], vocab)  # out-of-range rows: NaN below
     ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     ce = jnp.where(active, ce, 0)
-    count = weights.sum(axis=-1)
-    loss = (ce * weights).sum(axis=-1) / jnp.maximum(count, 1)
+    if example_ids is None:
+        count = weights.sum(axis=-1)
+        loss = (ce * weights).sum(axis=-1) / jnp.maximum(count, 1)
+    else:  # n_k of each predicted position's example, [batch, seq - 1]
+        target_example = example_ids[:, 1:]
+        same = target_example[:, :, None] == target_example[:, None, :]
+        count = jnp.einsum("bts,bs->bt", same.astype(compute), weights)
+        loss = (ce * weights / jnp.maximum(count, 1)).sum(axis=-1)
     return poison(loss, any_rows(*bad))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_layers._compat import renamed_arguments
 from flax_layers._ids import any_rows, bad_rows, check_ids
 
 __all__ = [
@@ -47,11 +48,11 @@ class MLMReadingInputs(NamedTuple):
     """Fixed-shape model inputs for MLM reading comprehension (numpy ``int32``).
 
     Attributes:
-      input_ids: ``[..., max_len]`` ``[CLS] [MASK]×L [SEP] question [SEP] passage [SEP]``
-        then ``pad_id``.
-      segment_ids: ``[..., max_len]`` segment ids (all 0 by default, see the builder).
+      input_ids: ``[..., seq_len]`` ``[CLS] [MASK]×L [SEP] question [SEP] passage [SEP]``
+        then ``pad_token_id``.
+      segment_ids: ``[..., seq_len]`` segment ids (all 0 by default, see the builder).
       answer_positions: ``[..., L]`` indices of the ``L`` mask slots (``1..L``).
-      passage_ids: ``[..., max_len - L - 4]`` the (truncated) passage, ``pad_id`` after it;
+      passage_ids: ``[..., seq_len - L - 4]`` the (truncated) passage, ``pad_token_id`` after it;
         feed it to :func:`passage_constrained_decode`.
       passage_length: ``[...]`` number of passage tokens kept.
       passage_offset: ``[...]`` index of the first passage token in ``input_ids``.
@@ -59,8 +60,8 @@ class MLMReadingInputs(NamedTuple):
     Reference: bert4keras ``examples/task_reading_comprehension_by_mlm.py``.
 
     Example:
-      >>> x = build_mlm_reading_inputs([7], [20], answer_len=1, max_len=7, cls_id=1,
-      ...                              sep_id=2, mask_id=3)
+      >>> x = build_mlm_reading_inputs([7], [20], answer_len=1, seq_len=7, cls_token_id=1,
+      ...                              sep_token_id=2, mask_token_id=3)
       >>> x._fields[:3], x.input_ids.tolist()
       (('input_ids', 'segment_ids', 'answer_positions'), [1, 3, 2, 7, 2, 20, 2])
     """
@@ -90,16 +91,26 @@ def _check_special(**ids: int) -> None:
             raise ValueError(f"{name} must be a token id (an int >= 0), got {value!r}.")
 
 
+_BUILDER_RENAMES = dict(
+    max_len="seq_len",
+    cls_id="cls_token_id",
+    sep_id="sep_token_id",
+    mask_id="mask_token_id",
+    pad_id="pad_token_id",
+)
+
+
+@renamed_arguments(**_BUILDER_RENAMES)
 def build_mlm_reading_inputs(
     question_ids: Sequence[int],
     passage_ids: Sequence[int],
     *,
     answer_len: int,
-    max_len: int,
-    cls_id: int,
-    sep_id: int,
-    mask_id: int,
-    pad_id: int = 0,
+    seq_len: int,
+    cls_token_id: int,
+    sep_token_id: int,
+    mask_token_id: int,
+    pad_token_id: int = 0,
     max_question_len: int | None = None,
     passage_segment_id: int = 0,
 ) -> MLMReadingInputs:
@@ -107,7 +118,7 @@ def build_mlm_reading_inputs(
 
     Truncation: the question is cut to its first ``max_question_len`` tokens (no limit by
     default); the passage keeps its *first* tokens, as many as fit in
-    ``max_len - L - 4 - len(question)`` (the tail is dropped, like bert4keras's
+    ``seq_len - L - 4 - len(question)`` (the tail is dropped, like bert4keras's
     ``tokenizer.encode(..., max_length)``). Segment ids: the article's code
     (bert4keras) uses segment 0 for every token, which is the default; set
     ``passage_segment_id=1`` to mark ``passage [SEP]`` as the second segment instead.
@@ -118,11 +129,11 @@ def build_mlm_reading_inputs(
       passage_ids: passage token ids, without special tokens.
       answer_len: ``L``, the number of ``[MASK]`` answer slots (answer length + 1 for the
         closing ``[SEP]``).
-      max_len: total fixed length ``T``.
-      cls_id: ``[CLS]`` id.
-      sep_id: ``[SEP]`` id.
-      mask_id: ``[MASK]`` id.
-      pad_id: padding id.
+      seq_len: total fixed length ``T``.
+      cls_token_id: ``[CLS]`` id.
+      sep_token_id: ``[SEP]`` id.
+      mask_token_id: ``[MASK]`` id.
+      pad_token_id: padding id.
       max_question_len: optional cap on question tokens.
       passage_segment_id: segment id of the passage and its final ``[SEP]`` (0 or 1).
 
@@ -133,14 +144,14 @@ def build_mlm_reading_inputs(
 
     Raises:
       ValueError: non-positive lengths, negative token ids, or a question that leaves no
-        room (``max_len`` must be at least ``L + 4 + len(question)``).
+        room (``seq_len`` must be at least ``L + 4 + len(question)``).
 
     Reference: bert4keras ``examples/task_reading_comprehension_by_mlm.py``;
     https://kexue.fm/archives/7148.
 
     Example:
-      >>> x = build_mlm_reading_inputs([7, 8], [20, 21, 22], answer_len=2, max_len=12,
-      ...                              cls_id=1, sep_id=2, mask_id=3)
+      >>> x = build_mlm_reading_inputs([7, 8], [20, 21, 22], answer_len=2, seq_len=12,
+      ...                              cls_token_id=1, sep_token_id=2, mask_token_id=3)
       >>> x.input_ids.tolist()
       [1, 3, 3, 2, 7, 8, 2, 20, 21, 22, 2, 0]
       >>> x.answer_positions.tolist(), int(x.passage_length), int(x.passage_offset)
@@ -148,7 +159,12 @@ def build_mlm_reading_inputs(
     """
     question = _check_ids("question_ids", question_ids)
     passage = _check_ids("passage_ids", passage_ids)
-    _check_special(cls_id=cls_id, sep_id=sep_id, mask_id=mask_id, pad_id=pad_id)
+    _check_special(
+        cls_token_id=cls_token_id,
+        sep_token_id=sep_token_id,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
+    )
     if answer_len < 1:
         raise ValueError(f"answer_len must be >= 1, got {answer_len}.")
     if passage_segment_id not in (0, 1):
@@ -157,21 +173,23 @@ def build_mlm_reading_inputs(
         if max_question_len < 0:
             raise ValueError(f"max_question_len must be >= 0, got {max_question_len}.")
         question = question[:max_question_len]
-    room = max_len - answer_len - 4 - len(question)
+    room = seq_len - answer_len - 4 - len(question)
     if room < 0:
         raise ValueError(
-            f"max_len={max_len} leaves no room: it must be >= answer_len + 4 + "
+            f"seq_len={seq_len} leaves no room: it must be >= answer_len + 4 + "
             f"len(question) = {answer_len + 4 + len(question)}; set max_question_len."
         )
     passage = passage[:room]
-    head = [cls_id] + [mask_id] * answer_len + [sep_id] + question + [sep_id]
-    tail = passage + [sep_id]
+    head = (
+        [cls_token_id] + [mask_token_id] * answer_len + [sep_token_id] + question + [sep_token_id]
+    )
+    tail = passage + [sep_token_id]
     ids = head + tail
-    input_ids = np.full((max_len,), pad_id, dtype=np.int32)
+    input_ids = np.full((seq_len,), pad_token_id, dtype=np.int32)
     input_ids[: len(ids)] = ids
-    segment_ids = np.zeros((max_len,), dtype=np.int32)
+    segment_ids = np.zeros((seq_len,), dtype=np.int32)
     segment_ids[len(head) : len(ids)] = passage_segment_id
-    passage_out = np.full((max_len - answer_len - 4,), pad_id, dtype=np.int32)
+    passage_out = np.full((seq_len - answer_len - 4,), pad_token_id, dtype=np.int32)
     passage_out[: len(passage)] = passage
     return MLMReadingInputs(
         input_ids=input_ids,
@@ -183,6 +201,7 @@ def build_mlm_reading_inputs(
     )
 
 
+@renamed_arguments(**_BUILDER_RENAMES)
 def build_mlm_reading_batch(
     question_ids: Sequence[Sequence[int]],
     passage_ids: Sequence[Sequence[int]],
@@ -205,7 +224,7 @@ def build_mlm_reading_batch(
 
     Example:
       >>> b = build_mlm_reading_batch([[7], [7]], [[20, 21], [22]], answer_len=2,
-      ...                             max_len=10, cls_id=1, sep_id=2, mask_id=3)
+      ...                             seq_len=10, cls_token_id=1, sep_token_id=2, mask_token_id=3)
       >>> b.input_ids.shape, b.passage_ids.shape, b.passage_length.tolist()
       ((2, 10), (2, 4), [2, 1])
     """
@@ -220,21 +239,22 @@ def build_mlm_reading_batch(
     return MLMReadingInputs(*(np.stack(field) for field in zip(*rows)))
 
 
+@renamed_arguments(sep_id="sep_token_id", pad_id="pad_token_id")
 def build_mlm_reading_targets(
-    answer_ids: Sequence[int], *, answer_len: int, sep_id: int, pad_id: int = 0
+    answer_ids: Sequence[int], *, answer_len: int, sep_token_id: int, pad_token_id: int = 0
 ) -> np.ndarray:
     """Slot targets: the answer tokens, then ``[SEP]``, then padding; length ``L``.
 
     The answer is cut to its first ``L - 1`` tokens so that the closing ``[SEP]`` always
     fits (as bert4keras encodes answers with ``max_length = L + 1`` and drops ``[CLS]``).
     An empty answer ("no answer in this passage") is ``[SEP]`` then padding. Train with
-    cross-entropy on the slot logits ``logits[:, 1 : L + 1]`` ignoring ``pad_id`` targets.
+    cross-entropy on the slot logits ``logits[:, 1 : L + 1]`` ignoring ``pad_token_id`` targets.
 
     Args:
       answer_ids: answer token ids, without special tokens.
       answer_len: ``L``.
-      sep_id: ``[SEP]`` id.
-      pad_id: padding id.
+      sep_token_id: ``[SEP]`` id.
+      pad_token_id: padding id.
 
     Returns:
       ``int32`` array ``[L]``.
@@ -245,15 +265,15 @@ def build_mlm_reading_targets(
     Reference: bert4keras ``examples/task_reading_comprehension_by_mlm.py``.
 
     Example:
-      >>> build_mlm_reading_targets([20, 21], answer_len=4, sep_id=2).tolist()
+      >>> build_mlm_reading_targets([20, 21], answer_len=4, sep_token_id=2).tolist()
       [20, 21, 2, 0]
     """
     answer = _check_ids("answer_ids", answer_ids)
-    _check_special(sep_id=sep_id, pad_id=pad_id)
+    _check_special(sep_token_id=sep_token_id, pad_token_id=pad_token_id)
     if answer_len < 1:
         raise ValueError(f"answer_len must be >= 1, got {answer_len}.")
-    out = np.full((answer_len,), pad_id, dtype=np.int32)
-    kept = answer[: answer_len - 1] + [sep_id]
+    out = np.full((answer_len,), pad_token_id, dtype=np.int32)
+    kept = answer[: answer_len - 1] + [sep_token_id]
     out[: len(kept)] = kept
     return out
 
@@ -262,7 +282,7 @@ class PassageAnswer(NamedTuple):
     """Result of :func:`passage_constrained_decode` (all arrays, batch ``B``).
 
     Attributes:
-      tokens: ``[B, L]`` answer token ids, ``pad_id`` after the answer (no ``[SEP]``).
+      tokens: ``[B, L]`` answer token ids, ``pad_token_id`` after the answer (no ``[SEP]``).
       lengths: ``[B]`` answer lengths (0 = empty answer, ``[SEP]`` chosen first).
       start: ``[B]`` first passage position of the answer span (``-1`` when empty); the
         span is ``passage[start : start + length]``.
@@ -275,7 +295,7 @@ class PassageAnswer(NamedTuple):
     Example:
       >>> import jax.numpy as jnp
       >>> out = passage_constrained_decode(jnp.full((1, 2, 4), 0.25), jnp.array([[3]]),
-      ...                                  sep_id=2)
+      ...                                  sep_token_id=2)
       >>> out.tokens.tolist(), out.lengths.tolist(), out.start.tolist()  # ties: smallest id
       ([[0, 0]], [0], [-1])
     """
@@ -287,35 +307,35 @@ class PassageAnswer(NamedTuple):
     scores: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("sep_id", "pad_id", "log_probs"))
-def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
+@functools.partial(jax.jit, static_argnames=("sep_token_id", "pad_token_id", "log_probs"))
+def _decode(probs, passage_ids, passage_length, *, sep_token_id, pad_token_id, log_probs):
     batch, num_slots, vocab = probs.shape
     plen = passage_ids.shape[1]
     positions = jnp.arange(plen)
     batch_idx = jnp.arange(batch)[:, None]
-    valid = positions[None, :] < passage_lengths[:, None]  # [B, P]
+    valid = positions[None, :] < passage_length[:, None]  # [B, P]
     lowest = jnp.finfo(probs.dtype).min
     # traced ids or lengths out of range: the example is done from the start, score NaN
-    bad = any_rows(bad_rows(passage_ids, vocab), bad_rows(passage_lengths, plen + 1))
+    bad = any_rows(bad_rows(passage_ids, vocab), bad_rows(passage_length, plen + 1))
     bad = jnp.zeros((batch,), bool) if bad is None else bad
 
     def step(carry, inputs):
         alive, done = carry  # alive[b, s]: passage[s : s + i] == prefix
         i, p_i = inputs  # p_i [B, V]
         pos = positions + i
-        cand = alive & (pos[None, :] < passage_lengths[:, None]) & ~done[:, None]
+        cand = alive & (pos[None, :] < passage_length[:, None]) & ~done[:, None]
         tok_at = jnp.take_along_axis(passage_ids, jnp.minimum(pos, plen - 1)[None, :], axis=1)
         tok_at = jnp.broadcast_to(tok_at, (batch, plen))
         allowed = jnp.zeros((batch, vocab), dtype=bool)
         allowed = allowed.at[batch_idx, jnp.where(cand, tok_at, vocab)].set(True, mode="drop")
-        allowed = allowed.at[:, sep_id].set(True)
+        allowed = allowed.at[:, sep_token_id].set(True)
         key = jnp.where(allowed, jnp.maximum(p_i, lowest), -jnp.inf)
         choice = jnp.argmax(key, axis=-1)
         chosen = jnp.take_along_axis(p_i, choice[:, None], axis=-1)[:, 0].astype(jnp.float32)
         if log_probs:
             chosen = jnp.exp(chosen)
         active = ~done
-        stop = choice == sep_id
+        stop = choice == sep_token_id
         emits = active & ~stop
         new_alive = jnp.where(emits[:, None], cand & (tok_at == choice[:, None]), alive)
         return (new_alive, done | stop), (choice, chosen, active, emits)
@@ -325,7 +345,7 @@ def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
     (alive, _), (choice, chosen, active, emits) = jax.lax.scan(step, init, xs)
     choice, chosen, active, emits = (jnp.swapaxes(a, 0, 1) for a in (choice, chosen, active, emits))
     lengths = emits.sum(axis=1).astype(jnp.int32)
-    tokens = jnp.where(emits, choice, pad_id).astype(passage_ids.dtype)
+    tokens = jnp.where(emits, choice, pad_token_id).astype(passage_ids.dtype)
     steps = active.sum(axis=1)
     scores = jnp.where(active, chosen, 0).sum(axis=1) / jnp.maximum(steps, 1)
     scores = jnp.where(bad, jnp.nan, scores)
@@ -334,13 +354,14 @@ def _decode(probs, passage_ids, passage_lengths, *, sep_id, pad_id, log_probs):
     return PassageAnswer(tokens, lengths, start, start_mask, scores)
 
 
+@renamed_arguments(passage_lengths="passage_length", sep_id="sep_token_id", pad_id="pad_token_id")
 def passage_constrained_decode(
     probs: jax.Array,
     passage_ids: jax.Array,
-    passage_lengths: jax.Array | None = None,
+    passage_length: jax.Array | None = None,
     *,
-    sep_id: int,
-    pad_id: int = 0,
+    sep_token_id: int,
+    pad_token_id: int = 0,
     log_probs: bool = False,
 ) -> PassageAnswer:
     """Decode the ``L`` answer slots into a contiguous passage span (or the empty answer).
@@ -359,10 +380,10 @@ def passage_constrained_decode(
         log-probabilities with ``log_probs=True``.
       passage_ids: integer ``[B, P]`` passage ids in ``[0, V)`` (e.g.
         ``MLMReadingInputs.passage_ids``).
-      passage_lengths: integer ``[B]`` tokens of each passage to use, in ``[0, P]``;
+      passage_length: integer ``[B]`` tokens of each passage to use, in ``[0, P]``;
         default ``P``.
-      sep_id: ``[SEP]`` id (stop token).
-      pad_id: id written after the answer in ``tokens``.
+      sep_token_id: ``[SEP]`` id (stop token).
+      pad_token_id: id written after the answer in ``tokens``.
       log_probs: whether ``probs`` holds log-probabilities.
 
     Returns:
@@ -373,8 +394,8 @@ def passage_constrained_decode(
 
     Raises:
       TypeError: non-floating ``probs`` or non-integer ids / lengths.
-      ValueError: wrong ranks, mismatched batch sizes, ``sep_id`` outside the vocabulary,
-        concrete ``passage_ids`` outside ``[0, V)`` or ``passage_lengths`` outside
+      ValueError: wrong ranks, mismatched batch sizes, ``sep_token_id`` outside the vocabulary,
+        concrete ``passage_ids`` outside ``[0, V)`` or ``passage_length`` outside
         ``[0, P]`` (the message names the argument, the range and the offending value).
 
     Reference: Su, https://kexue.fm/archives/7148; bert4keras
@@ -386,7 +407,7 @@ def passage_constrained_decode(
       >>> p = jnp.full((1, 3, 8), 0.01)
       >>> p = p.at[0, 0, 5].set(0.9).at[0, 1, 7].set(0.8).at[0, 1, 6].set(0.5)
       >>> p = p.at[0, 2, 2].set(0.6)  # [SEP] = 2
-      >>> out = passage_constrained_decode(p, passage, sep_id=2)
+      >>> out = passage_constrained_decode(p, passage, sep_token_id=2)
       >>> out.tokens.tolist(), out.lengths.tolist(), out.start.tolist()
       ([[5, 6, 0]], [2], [1])
       >>> print(round(float(out.scores[0]), 4))  # (0.9 + 0.5 + 0.6) / 3
@@ -403,26 +424,26 @@ def passage_constrained_decode(
     batch, _, vocab = jnp.shape(probs)
     if jnp.shape(passage_ids)[0] != batch:
         raise ValueError(f"passage_ids batch {jnp.shape(passage_ids)[0]} != probs batch {batch}.")
-    if not 0 <= sep_id < vocab:
-        raise ValueError(f"sep_id must be in [0, {vocab}), got {sep_id}.")
+    if not 0 <= sep_token_id < vocab:
+        raise ValueError(f"sep_token_id must be in [0, {vocab}), got {sep_token_id}.")
     plen = jnp.shape(passage_ids)[1]
-    if passage_lengths is None:
-        passage_lengths = jnp.full((batch,), plen, dtype=jnp.int32)
-    elif jnp.shape(passage_lengths) != (batch,):
+    if passage_length is None:
+        passage_length = jnp.full((batch,), plen, dtype=jnp.int32)
+    elif jnp.shape(passage_length) != (batch,):
         raise ValueError(
-            f"passage_lengths must have shape ({batch},), got {jnp.shape(passage_lengths)}."
+            f"passage_length must have shape ({batch},), got {jnp.shape(passage_length)}."
         )
-    elif not jnp.issubdtype(jnp.result_type(passage_lengths), jnp.integer):
-        raise TypeError(f"passage_lengths must be integer, got {jnp.result_type(passage_lengths)}.")
+    elif not jnp.issubdtype(jnp.result_type(passage_length), jnp.integer):
+        raise TypeError(f"passage_length must be integer, got {jnp.result_type(passage_length)}.")
     fn = "passage_constrained_decode"
     check_ids(fn, "passage_ids", passage_ids, vocab, "vocab")
-    check_ids(fn, "passage_lengths", passage_lengths, plen + 1, "P + 1")
+    check_ids(fn, "passage_length", passage_length, plen + 1, "P + 1")
     return _decode(
         jnp.asarray(probs),
         jnp.asarray(passage_ids),
-        jnp.asarray(passage_lengths),
-        sep_id=int(sep_id),
-        pad_id=int(pad_id),
+        jnp.asarray(passage_length),
+        sep_token_id=int(sep_token_id),
+        pad_token_id=int(pad_token_id),
         log_probs=bool(log_probs),
     )
 

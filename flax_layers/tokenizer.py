@@ -20,6 +20,7 @@ import functools
 import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = ["WordPieceTokenizer", "load_vocab", "trim_vocab"]
@@ -333,29 +334,44 @@ class WordPieceTokenizer:
         return fast
 
     @property
-    def unk_id(self) -> int:
+    def unk_token_id(self) -> int:
         """Id of the unknown token."""
         return self.vocab[self.unk_token]
 
     @property
-    def cls_id(self) -> int:
+    def cls_token_id(self) -> int:
         """Id of ``[CLS]``."""
         return self.vocab[self.cls_token]
 
     @property
-    def sep_id(self) -> int:
+    def sep_token_id(self) -> int:
         """Id of ``[SEP]``."""
         return self.vocab[self.sep_token]
 
     @property
-    def pad_id(self) -> int:
+    def pad_token_id(self) -> int:
         """Id of ``[PAD]``."""
         return self.vocab[self.pad_token]
 
     @property
-    def mask_id(self) -> int:
+    def mask_token_id(self) -> int:
         """Id of ``[MASK]``."""
         return self.vocab[self.mask_token]
+
+    def _deprecated_id(self, old: str) -> int:
+        new = old.replace("_id", "_token_id")
+        warnings.warn(
+            f"WordPieceTokenizer.{old} is deprecated, use {new}.", DeprecationWarning, stacklevel=3
+        )
+        return getattr(self, new)
+
+    unk_id = property(lambda self: self._deprecated_id("unk_id"), doc="Deprecated: unk_token_id.")
+    cls_id = property(lambda self: self._deprecated_id("cls_id"), doc="Deprecated: cls_token_id.")
+    sep_id = property(lambda self: self._deprecated_id("sep_id"), doc="Deprecated: sep_token_id.")
+    pad_id = property(lambda self: self._deprecated_id("pad_id"), doc="Deprecated: pad_token_id.")
+    mask_id = property(
+        lambda self: self._deprecated_id("mask_id"), doc="Deprecated: mask_token_id."
+    )
 
     # -- pure-Python backend -------------------------------------------------------------
 
@@ -481,7 +497,7 @@ class WordPieceTokenizer:
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         """Maps tokens to ids (unknown tokens to ``[UNK]``)."""
-        return [self.vocab.get(t, self.unk_id) for t in tokens]
+        return [self.vocab.get(t, self.unk_token_id) for t in tokens]
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         """Maps ids back to tokens."""
@@ -552,7 +568,7 @@ class WordPieceTokenizer:
         if max_length is not None and max_length < specials:
             raise ValueError(f"encode: max_length must be >= {specials}, got {max_length}.")
         ids = self._ids_batch(firsts if seconds is None else firsts + seconds)
-        cls, sep = self.cls_id, self.sep_id
+        cls, sep = self.cls_token_id, self.sep_token_id
         out = []
         for i in range(n):
             a = ids[i]

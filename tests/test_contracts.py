@@ -493,7 +493,7 @@ def generation_out_of_range_source():
 
 
 @contract(
-    "`passage_constrained_decode`: `passage_ids` outside `[0, V)`, `passage_lengths` "
+    "`passage_constrained_decode`: `passage_ids` outside `[0, V)`, `passage_length` "
     "outside `[0, P]`, NaN probabilities",
     "Concrete: `ValueError` naming the argument, the range and the value. Under `jit`: "
     "score NaN and the empty answer (length 0, start -1) for that example. A NaN "
@@ -508,37 +508,37 @@ def reading_comprehension_ids_and_nan(seed):
     probs = rng.dirichlet(np.ones(v), size=(b, slots)).astype(np.float32)
     passage = rng.integers(3, v, (b, p))
     lengths = rng.integers(0, p + 1, b)
-    ref = passage_constrained_decode(probs, passage, lengths, sep_id=2)
+    ref = passage_constrained_decode(probs, passage, lengths, sep_token_id=2)
     bad_passage, bad_lengths = passage.copy(), lengths.copy()
     hit = rng.random((b, p)) < 0.1
     bad_passage[hit] = rng.choice([-1, v], size=hit.sum())
     bad_lengths[rng.random(b) < 0.2] = p + 1
     bad = hit.any(axis=1) | (bad_lengths != lengths)
-    decode = jax.jit(passage_constrained_decode, static_argnames=("sep_id",))
-    out = decode(probs, bad_passage, bad_lengths, sep_id=2)
+    decode = jax.jit(passage_constrained_decode, static_argnames=("sep_token_id",))
+    out = decode(probs, bad_passage, bad_lengths, sep_token_id=2)
     assert np.isnan(np.asarray(out.scores)[bad]).all()
     assert (np.asarray(out.lengths)[bad] == 0).all() and (np.asarray(out.start)[bad] == -1).all()
     for a, r in zip(out, ref):
         np.testing.assert_allclose(np.asarray(a)[~bad], np.asarray(r)[~bad], rtol=1e-6)
     if hit.any():
         with pytest.raises(ValueError, match=r"`passage_ids` must lie in \[0, vocab=7\)"):
-            passage_constrained_decode(probs, bad_passage, lengths, sep_id=2)
+            passage_constrained_decode(probs, bad_passage, lengths, sep_token_id=2)
     if (bad_lengths != lengths).any():
-        with pytest.raises(ValueError, match=r"`passage_lengths` must lie in \[0, P \+ 1=6\)"):
-            passage_constrained_decode(probs, passage, bad_lengths, sep_id=2)
+        with pytest.raises(ValueError, match=r"`passage_length` must lie in \[0, P \+ 1=6\)"):
+            passage_constrained_decode(probs, passage, bad_lengths, sep_token_id=2)
     # NaN at the token the decoder takes first (the best allowed one) vs at a forbidden one
     row = 0
     if int(ref.lengths[row]) > 0:
         first = int(ref.tokens[row, 0])
         nan_chosen = probs.copy()
         nan_chosen[row, 0, first] = NAN
-        got = passage_constrained_decode(nan_chosen, passage, lengths, sep_id=2)
+        got = passage_constrained_decode(nan_chosen, passage, lengths, sep_token_id=2)
         assert math.isnan(float(got.scores[row]))
     forbidden = [tok for tok in range(v) if tok != 2 and tok not in passage[row][: lengths[row]]]
     if forbidden:
         nan_forbidden = probs.copy()
         nan_forbidden[row, :, forbidden[0]] = NAN
-        got = passage_constrained_decode(nan_forbidden, passage, lengths, sep_id=2)
+        got = passage_constrained_decode(nan_forbidden, passage, lengths, sep_token_id=2)
         for a, r in zip(got, ref):
             np.testing.assert_array_equal(np.asarray(a)[row], np.asarray(r)[row])
 

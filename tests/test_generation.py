@@ -14,6 +14,7 @@ from flax_layers.generation import (
     unilm_decode_step,
     unilm_encode_source,
     unilm_greedy_generate,
+    unilm_sample,
 )
 
 VOCAB = 23
@@ -261,3 +262,209 @@ def test_traced_out_of_range_source_gives_nan_logits_for_that_example(model):
     step = nnx.jit(unilm_decode_step)
     out, _ = step(model, jnp.array([4, 5, VOCAB]), 0, cache)
     assert np.isnan(np.asarray(out[1:])).all() and np.isfinite(np.asarray(out[0])).all()
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _reference_sampling_probs(logits, temperature, top_k=None, top_p=None, forbid=None):
+    """bert4keras ``random_sample`` filtering, transcribed in float64 numpy."""
+    z = np.asarray(logits, np.float64) / temperature
+    if forbid is not None:
+        z[forbid] = -np.inf
+    probas = np.exp(z - z.max())
+    probas /= probas.sum()
+    order = np.argsort(-probas, kind="stable")
+    if top_k is not None:
+        probas[order[top_k:]] = 0
+        probas /= probas.sum()
+    if top_p is not None:
+        order = np.argsort(-probas, kind="stable")
+        cum = np.cumsum(probas[order])
+        assert np.min(np.abs(cum - top_p)) > 1e-4, "top_p too close to a cumulative sum"
+        flag = np.roll(cum >= top_p, 1)
+        flag[0] = False
+        probas[order[flag]] = 0
+        probas /= probas.sum()
+    return probas
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.5, 6, None), (2.0, None, 0.75), (4.0, 8, 0.7), (1.0, None, None)],
+)
+def test_first_sampled_token_follows_the_filtered_distribution(model, temperature, top_k, top_p):
+    """Chi-square test of 2000 first-step draws (one key per row) at a fixed seed."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    n = 2000
+    src = jnp.tile(jnp.array([SOURCES[0]], jnp.int32), (n, 1))
+    logits, _ = unilm_encode_source(model, src[:1], max_new_tokens=1)
+    probs = _reference_sampling_probs(logits[0], temperature, top_k, top_p)
+    out = unilm_sample(
+        model,
+        src,
+        jax.random.key(7),
+        max_new_tokens=1,
+        end_token_id=END,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    counts = np.bincount(np.asarray(out.tokens[:, 0]), minlength=VOCAB)
+    kept = probs > 0
+    assert counts[~kept].sum() == 0  # filtered-out tokens are never drawn
+    assert kept.sum() >= 3  # the test has something to test
+    _, p_value = scipy_stats.chisquare(counts[kept], n * probs[kept])
+    assert p_value > 1e-3
+    # the test can fail: the unfiltered softmax(logits / T) is rejected when filtering
+    if top_k is not None or top_p is not None:
+        raw = _reference_sampling_probs(logits[0], temperature)
+        _, p_raw = scipy_stats.chisquare(counts, n * raw / raw.sum())
+        assert p_raw < 1e-6
+
+
+def test_top_k_one_and_zero_temperature_are_greedy(model):
+    src = _padded(SOURCES)
+    kw = dict(max_new_tokens=T_MAX, end_token_id=_pick_end(model, SOURCES[1]))
+    greedy = unilm_greedy_generate(model, src, **kw)
+    for extra in (
+        dict(top_k=1, temperature=3.0),
+        dict(temperature=0.0, top_p=0.5),
+        dict(temperature=1e-3),  # the T -> 0 limit, reached by sampling
+    ):
+        out = unilm_sample(model, src, jax.random.key(3), **kw, **extra)
+        np.testing.assert_array_equal(out.tokens, greedy.tokens, err_msg=str(extra))
+        np.testing.assert_array_equal(out.lengths, greedy.lengths)
+        np.testing.assert_allclose(out.scores, greedy.scores, atol=1e-5)
+
+
+def test_batched_equals_one_at_a_time(model):
+    """Right-padded batches give each example's own result (same keys for sampling).
+
+    Each example alone is padded to the batch width (one compile per decoder); its
+    padding differs from the batch's, the other examples are gone.
+    """
+    end = _pick_end(model, SOURCES[1])
+    kw = dict(max_new_tokens=T_MAX, end_token_id=end)
+    keys = jax.random.split(jax.random.key(11), len(SOURCES))
+    decoders = {
+        "greedy": lambda src, k: unilm_greedy_generate(model, src, **kw),
+        "beam": lambda src, k: unilm_beam_search(model, src, beam_size=3, **kw),
+        "sample": lambda src, k: unilm_sample(model, src, k, temperature=2.0, top_p=0.9, **kw),
+    }
+    for name, decode in decoders.items():
+        batched = decode(_padded(SOURCES), keys)
+        for b in range(len(SOURCES)):
+            alone = decode(_padded(SOURCES)[b : b + 1], keys[b : b + 1])
+            np.testing.assert_array_equal(batched.tokens[b], alone.tokens[0], err_msg=name)
+            assert int(batched.lengths[b]) == int(alone.lengths[0])
+            np.testing.assert_allclose(batched.scores[b], alone.scores[0], atol=1e-5)
+    # unpadded, for the shortest source: the same draw
+    alone = decoders["sample"](jnp.array([SOURCES[1]], jnp.int32), keys[1:2])
+    np.testing.assert_array_equal(
+        alone.tokens[0], decoders["sample"](_padded(SOURCES), keys).tokens[1]
+    )
+    # sampling does draw different sequences for different keys
+    draws = {
+        tuple(np.asarray(decoders["sample"](_padded(SOURCES), k).tokens[0]).tolist())
+        for k in jax.random.split(jax.random.key(0), 8)
+    }
+    assert len(draws) > 1
+
+
+def test_min_new_tokens_forbids_the_end_token(model):
+    source = SOURCES[2]
+    end = _reference_greedy(model, source, -1, 1)[0][0]  # greedy would end at once
+    t_min = 3
+    out = unilm_sample(
+        model,
+        jnp.array([source], jnp.int32),
+        jax.random.key(0),
+        max_new_tokens=T_MAX,
+        end_token_id=end,
+        top_k=1,
+        min_new_tokens=t_min,
+    )
+    # reference: argmax with the end token removed for the first t_min steps
+    ref, score = [], 0.0
+    for t in range(T_MAX):
+        logp = _full_logprobs(model, source, ref)
+        masked = logp.copy()
+        if t < t_min:
+            masked[end] = -np.inf
+        tok = int(np.argmax(masked))
+        ref.append(tok)
+        score += float(logp[tok])
+        if tok == end:
+            break
+    assert len(ref) > t_min or ref[-1] != end
+    _check(out, [(ref, score)])
+    sampled = unilm_sample(
+        model,
+        jnp.tile(jnp.array([source], jnp.int32), (64, 1)),
+        jax.random.key(1),
+        max_new_tokens=T_MAX,
+        end_token_id=end,
+        temperature=3.0,
+        min_new_tokens=t_min,
+    )
+    assert (np.asarray(sampled.tokens[:, :t_min]) != end).all()
+    assert (np.asarray(sampled.lengths) > t_min).all()
+
+
+def test_sample_bad_arguments(model):
+    src = _padded(SOURCES)
+    key = jax.random.key(0)
+    kw = dict(max_new_tokens=3, end_token_id=END)
+    cases = [
+        (ValueError, "temperature must be finite and >= 0", dict(temperature=-1.0)),
+        (ValueError, "temperature", dict(temperature=float("nan"))),
+        (TypeError, "temperature must be a Python number", dict(temperature=jnp.float32(1))),
+        (ValueError, rf"top_k must be in \[1, vocab_size={VOCAB}\]", dict(top_k=0)),
+        (ValueError, "top_k", dict(top_k=VOCAB + 1)),
+        (TypeError, "top_k must be an int", dict(top_k=2.0)),
+        (ValueError, r"top_p must be in \(0, 1\]", dict(top_p=0.0)),
+        (ValueError, "top_p", dict(top_p=1.5)),
+        (ValueError, r"min_new_tokens must be in \[0, max_new_tokens=3\]", dict(min_new_tokens=4)),
+        (ValueError, "min_new_tokens", dict(min_new_tokens=-1)),
+        (TypeError, "min_new_tokens must be an int", dict(min_new_tokens=1.0)),
+    ]
+    for error, pattern, extra in cases:
+        with pytest.raises(error, match="unilm_sample: " + pattern):
+            unilm_sample(model, src, key, **kw, **extra)
+    with pytest.raises(ValueError, match=r"`key` must be one PRNG key or \[batch\]"):
+        unilm_sample(model, src, jax.random.split(key, 2), **kw)
+    with pytest.raises(TypeError, match="`key` must be a PRNG key"):
+        unilm_sample(model, src, jnp.zeros(2, jnp.float32), **kw)
+    with pytest.raises(ValueError, match="end_token_id"):
+        unilm_sample(model, src, key, max_new_tokens=3, end_token_id=VOCAB)
+    bad = np.array(src)
+    bad[2, 1] = VOCAB
+    with pytest.raises(ValueError, match=r"unilm_sample: `source_ids` must lie in \[0, vocab_size"):
+        unilm_sample(model, bad, key, **kw)
+    # legacy uint32 keys work and equal the wrapped typed key
+    legacy = unilm_sample(model, src, jax.random.PRNGKey(5), **kw)
+    typed = unilm_sample(model, src, jax.random.wrap_key_data(jax.random.PRNGKey(5)), **kw)
+    np.testing.assert_array_equal(legacy.tokens, typed.tokens)
+
+
+def test_traced_out_of_range_source_is_nan_for_every_decoder(model):
+    """Under jit, the example with a bad id gets NaN score, length 0, only padding."""
+    src = np.array(_padded(SOURCES))
+    bad = src.copy()
+    bad[1, 1] = VOCAB + 3
+    kw = dict(max_new_tokens=T_MAX, end_token_id=END)
+    decoders = {
+        "greedy": lambda m, s, k: unilm_greedy_generate(m, s, **kw),
+        "beam": lambda m, s, k: unilm_beam_search(m, s, beam_size=2, **kw),
+        "sample": lambda m, s, k: unilm_sample(m, s, k, top_p=0.9, **kw),
+    }
+    keys = jax.random.split(jax.random.key(2), len(SOURCES))
+    for name, decode in decoders.items():
+        out = nnx.jit(decode)(model, jnp.asarray(bad), keys)
+        clean = decode(model, src, keys)
+        assert np.isnan(float(out.scores[1])) and int(out.lengths[1]) == 0, name
+        assert (np.asarray(out.tokens[1]) == PAD).all()
+        for b in (0, 2):
+            np.testing.assert_array_equal(out.tokens[b], clean.tokens[b])
+            np.testing.assert_allclose(out.scores[b], clean.scores[b], atol=1e-5)

@@ -15,6 +15,8 @@ from flax_layers.masks import (
     combine_masks,
     left_to_right_mask,
     mask_to_bias,
+    packed_causal_mask,
+    packed_position_ids,
     padding_mask,
     padding_mask_from_lengths,
     prefix_lm_mask,
@@ -40,7 +42,9 @@ def test_padding_masks_exact():
     got = padding_mask(ids)
     assert got.shape == (2, 1, 1, 4) and got.dtype == jnp.bool_
     np.testing.assert_array_equal(_np(got)[:, 0, 0], expected)
-    np.testing.assert_array_equal(_np(padding_mask(ids, pad_id=5))[:, 0, 0], [[1, 0, 1, 1]] * 2)
+    np.testing.assert_array_equal(
+        _np(padding_mask(ids, pad_token_id=5))[:, 0, 0], [[1, 0, 1, 1]] * 2
+    )
     from_len = padding_mask_from_lengths(jnp.array([2, 3]), 4)
     np.testing.assert_array_equal(_np(from_len)[:, 0, 0], expected)
 
@@ -143,7 +147,7 @@ def test_errors():
         random_order_mask(jnp.array([[0, 1, 2], [0, 1, 3]]))
     with pytest.raises(ValueError, match="order must have rank"):
         random_order_mask(jnp.zeros((1, 1, 3), jnp.int32))
-    with pytest.raises(ValueError, match="prefix_lengths"):
+    with pytest.raises(ValueError, match="prefix_length"):
         prefix_lm_mask(jnp.array(2), 4)
     logits = jnp.zeros((2, 4, 5))
     ids = jnp.zeros((2, 4), jnp.int32)
@@ -473,3 +477,151 @@ def test_seq2seq_loss_nan_logits_count_only_where_weighted():
     got = np.asarray(seq2seq_loss(logits, ids, seg))
     assert np.isnan(got[0])
     np.testing.assert_allclose(got[1], np.log(3.0), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- packed rows
+
+
+def _brute_packed_mask(e, b):
+    """``mask[i, j] = e_i == e_j != 0 and (j <= i or (b_i and b_j))`` by loops."""
+    batch, n = e.shape
+    out = np.zeros((batch, 1, n, n), bool)
+    for r in range(batch):
+        for i in range(n):
+            for j in range(n):
+                same = e[r, i] == e[r, j] != 0
+                out[r, 0, i, j] = same and (j <= i or (b[r, i] and b[r, j]))
+    return out
+
+
+def _random_packing(rng, batch, n):
+    """Example ids 1, 2, ... in contiguous runs, then zero padding; random prefix flags."""
+    e = np.zeros((batch, n), np.int32)
+    for r in range(batch):
+        t, k = 0, 1
+        while t < n - 1 and rng.random() < 0.8:
+            length = int(rng.integers(1, n - t + 1))
+            e[r, t : t + length] = k
+            t, k = t + length, k + 1
+    return e, rng.random((batch, n)) < 0.5
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 9))
+def test_packed_causal_mask_matches_brute_force(seed, n):
+    rng = np.random.default_rng(seed)
+    e, b = _random_packing(rng, 3, n)
+    np.testing.assert_array_equal(packed_causal_mask(e, b), _brute_packed_mask(e, b))
+    causal = packed_causal_mask(jnp.asarray(e))
+    np.testing.assert_array_equal(causal, _brute_packed_mask(e, np.zeros_like(b)))
+    # position ids restart per example: brute force by counting
+    pos = np.zeros_like(e)
+    for r in range(e.shape[0]):
+        for t in range(1, n):
+            pos[r, t] = pos[r, t - 1] + 1 if e[r, t] == e[r, t - 1] else 0
+    np.testing.assert_array_equal(packed_position_ids(e), np.where(e != 0, pos, 0))
+
+
+# Examples "[CLS] src [SEP] tgt [SEP]" as (ids, segment ids); packed two rows of 12.
+_EXAMPLES = [
+    ([1, 5, 6, 2, 7, 8, 2], [0, 0, 0, 0, 1, 1, 1]),
+    ([1, 9, 2, 4, 2], [0, 0, 0, 1, 1]),
+    ([1, 3, 4, 10, 2, 11, 2], [0, 0, 0, 0, 0, 1, 1]),
+    ([1, 6, 2, 5, 5, 9, 2], [0, 0, 0, 1, 1, 1, 1]),
+]
+_ROWS = [[0, 1], [2], [3]]  # example indices packed in each row
+_PACKED_LEN = 12
+
+
+def _pack_examples():
+    ids, seg, e = (np.zeros((len(_ROWS), _PACKED_LEN), np.int32) for _ in range(3))
+    spans = {}
+    for r, members in enumerate(_ROWS):
+        t = 0
+        for k, x in enumerate(members, start=1):
+            tok, sg = _EXAMPLES[x]
+            ids[r, t : t + len(tok)], seg[r, t : t + len(tok)], e[r, t : t + len(tok)] = tok, sg, k
+            spans[x] = (r, t, t + len(tok))
+            t += len(tok)
+    return ids, seg, e, spans
+
+
+def test_packed_unilm_rows_equal_each_example_alone_through_bert():
+    """Packed mask + restarting positions + packed loss == every example in its own row."""
+    from flax_layers.bert import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=12,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    model = BertModel(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    ids, seg, e, spans = _pack_examples()
+    mask = packed_causal_mask(e, bidirectional=seg == 0)
+    hidden = model(ids, seg, mask, packed_position_ids(e))
+    logits = model.mlm_logits(hidden)
+    alone_losses = []
+    for x, (tok, sg) in enumerate(_EXAMPLES):
+        tok, sg = jnp.array([tok]), jnp.array([sg])
+        h = model(tok, sg, unilm_mask(sg))
+        r, a, b = spans[x]
+        np.testing.assert_allclose(hidden[r, a:b], h[0], atol=1e-5, rtol=1e-5)
+        alone_losses.append(float(seq2seq_loss(model.mlm_logits(h), tok, sg)[0]))
+    # the packed block of the mask is exactly the unpacked UniLM mask
+    r, a, b = spans[1]
+    np.testing.assert_array_equal(
+        mask[r, 0, a:b, a:b], unilm_mask(jnp.array([_EXAMPLES[1][1]]))[0, 0]
+    )
+    packed = seq2seq_loss(logits, ids, seg, ids != 0, example_ids=e)
+    num_examples = int(e.max(axis=1).sum())
+    np.testing.assert_allclose(packed.sum() / num_examples, np.mean(alone_losses), rtol=1e-5)
+    np.testing.assert_allclose(packed[0], sum(alone_losses[:2]), rtol=1e-5)
+    # one example id per row gives the plain formula (the row's token mean)
+    one = jnp.where(e != 0, 1, 0)
+    plain = seq2seq_loss(logits, ids, seg, ids != 0)
+    np.testing.assert_allclose(
+        seq2seq_loss(logits, ids, seg, ids != 0, example_ids=one), plain, rtol=1e-6
+    )
+    assert abs(float(plain[0]) - float(packed[0]) / 2) > 1e-3  # the two averages differ
+
+
+def test_packed_errors_and_traced_inputs():
+    e = jnp.array([[1, 1, 2, 0]])
+    with pytest.raises(ValueError, match=r"packed_causal_mask: `example_ids` must have shape"):
+        packed_causal_mask(e[0])
+    with pytest.raises(TypeError, match=r"`example_ids` must be an integer array"):
+        packed_causal_mask(e.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"`example_ids` must be >= 0 .* got -1 at index \(0, 2\)"):
+        packed_causal_mask(e.at[0, 2].set(-1))
+    with pytest.raises(ValueError, match="`bidirectional` must have the shape"):
+        packed_causal_mask(e, jnp.ones((1, 3), bool))
+    with pytest.raises(TypeError, match="`bidirectional` must be boolean"):
+        packed_causal_mask(e, jnp.ones((1, 4), jnp.int32))
+    with pytest.raises(ValueError, match="packed_position_ids: `example_ids` must have shape"):
+        packed_position_ids(jnp.ones((1, 2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="seq2seq_loss: `example_ids` must have shape"):
+        seq2seq_loss(jnp.zeros((1, 4, 3)), e, e, example_ids=e[:, :3])
+    got = jax.jit(packed_causal_mask)(e, e == 1)
+    np.testing.assert_array_equal(got, packed_causal_mask(e, e == 1))
+    np.testing.assert_array_equal(jax.jit(packed_position_ids)(e), [[0, 1, 0, 0]])
+
+
+def test_deprecated_keyword_names_warn_and_agree():
+    ids = jnp.array([[4, 5, 9, 9]])
+    with pytest.warns(DeprecationWarning, match="padding_mask: `pad_id` is deprecated"):
+        old = padding_mask(ids, pad_id=9)
+    np.testing.assert_array_equal(old, padding_mask(ids, pad_token_id=9))
+    with pytest.warns(DeprecationWarning, match="`max_len` is deprecated, use `seq_len`"):
+        old = padding_mask_from_lengths(jnp.array([2]), max_len=5)
+    np.testing.assert_array_equal(old, padding_mask_from_lengths(jnp.array([2]), seq_len=5))
+    with pytest.warns(DeprecationWarning, match="`prefix_lengths` is deprecated"):
+        old = prefix_lm_mask(prefix_lengths=jnp.array([2]), seq_len=4)
+    np.testing.assert_array_equal(old, prefix_lm_mask(jnp.array([2]), 4))
+    with pytest.raises(TypeError, match="both `pad_token_id` and its deprecated alias `pad_id`"):
+        padding_mask(ids, pad_token_id=9, pad_id=9)
+    with pytest.raises(TypeError, match="both `seq_len` and its deprecated alias `max_len`"):
+        padding_mask_from_lengths(jnp.array([2]), seq_len=5, max_len=5)

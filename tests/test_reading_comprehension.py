@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,13 @@ B, L, V, P = 4, 5, 9, 7
 
 def test_inputs_builder_hand_example():
     x = build_mlm_reading_inputs(
-        [10, 11], [20, 21, 22, 23], answer_len=3, max_len=14, cls_id=CLS, sep_id=SEP, mask_id=MASK
+        [10, 11],
+        [20, 21, 22, 23],
+        answer_len=3,
+        seq_len=14,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        mask_token_id=MASK,
     )
     assert x.input_ids.tolist() == [1, 3, 3, 3, 2, 10, 11, 2, 20, 21, 22, 23, 2, 0]
     assert x.segment_ids.tolist() == [0] * 14  # bert4keras: segment 0 everywhere
@@ -45,11 +53,11 @@ def test_inputs_builder_truncation_and_segments():
         [10, 11, 12],
         [20, 21, 22, 23, 24, 25],
         answer_len=2,
-        max_len=12,
-        cls_id=CLS,
-        sep_id=SEP,
-        mask_id=MASK,
-        pad_id=99,
+        seq_len=12,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        mask_token_id=MASK,
+        pad_token_id=99,
         max_question_len=2,
         passage_segment_id=1,
     )
@@ -59,15 +67,28 @@ def test_inputs_builder_truncation_and_segments():
     assert int(x.passage_length) == 4
     with pytest.raises(ValueError, match="no room"):
         build_mlm_reading_inputs(
-            [10] * 5, [20], answer_len=2, max_len=10, cls_id=CLS, sep_id=SEP, mask_id=MASK
+            [10] * 5,
+            [20],
+            answer_len=2,
+            seq_len=10,
+            cls_token_id=CLS,
+            sep_token_id=SEP,
+            mask_token_id=MASK,
         )
     with pytest.raises(ValueError, match="passage_segment_id"):
         build_mlm_reading_inputs(
-            [], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3, passage_segment_id=2
+            [],
+            [],
+            answer_len=1,
+            seq_len=8,
+            cls_token_id=1,
+            sep_token_id=2,
+            mask_token_id=3,
+            passage_segment_id=2,
         )
     with pytest.raises(ValueError, match="question_ids"):
         build_mlm_reading_inputs(
-            [[1, 2]], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3
+            [[1, 2]], [], answer_len=1, seq_len=8, cls_token_id=1, sep_token_id=2, mask_token_id=3
         )
 
 
@@ -76,10 +97,10 @@ def test_batch_builder_and_targets():
         [[10], [10, 11]],
         [[20, 21, 22], []],
         answer_len=2,
-        max_len=10,
-        cls_id=CLS,
-        sep_id=SEP,
-        mask_id=MASK,
+        seq_len=10,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        mask_token_id=MASK,
     )
     assert b.input_ids.tolist() == [
         [1, 3, 3, 2, 10, 2, 20, 21, 22, 2],
@@ -88,11 +109,20 @@ def test_batch_builder_and_targets():
     assert b.passage_length.tolist() == [3, 0] and b.passage_offset.tolist() == [6, 7]
     assert b.passage_ids.shape == (2, 4)
     with pytest.raises(ValueError, match="same length"):
-        build_mlm_reading_batch([[1]], [], answer_len=1, max_len=8, cls_id=1, sep_id=2, mask_id=3)
-    assert build_mlm_reading_targets([20, 21], answer_len=4, sep_id=SEP).tolist() == [20, 21, 2, 0]
-    assert build_mlm_reading_targets([], answer_len=3, sep_id=SEP).tolist() == [2, 0, 0]
+        build_mlm_reading_batch(
+            [[1]], [], answer_len=1, seq_len=8, cls_token_id=1, sep_token_id=2, mask_token_id=3
+        )
+    assert build_mlm_reading_targets([20, 21], answer_len=4, sep_token_id=SEP).tolist() == [
+        20,
+        21,
+        2,
+        0,
+    ]
+    assert build_mlm_reading_targets([], answer_len=3, sep_token_id=SEP).tolist() == [2, 0, 0]
     # Answers are cut to L - 1 tokens so that [SEP] always fits.
-    assert build_mlm_reading_targets([5, 6, 7, 8], answer_len=3, sep_id=SEP, pad_id=9).tolist() == [
+    assert build_mlm_reading_targets(
+        [5, 6, 7, 8], answer_len=3, sep_token_id=SEP, pad_token_id=9
+    ).tolist() == [
         5,
         6,
         2,
@@ -139,13 +169,13 @@ def _decode_case(draw):
 def test_decoder_matches_brute_force(case):
     passages, lengths, probs = case
     out = passage_constrained_decode(
-        jnp.asarray(probs), jnp.asarray(passages), jnp.asarray(lengths), sep_id=SEP
+        jnp.asarray(probs), jnp.asarray(passages), jnp.asarray(lengths), sep_token_id=SEP
     )
     out_log = passage_constrained_decode(
         jnp.log(jnp.asarray(probs)),
         jnp.asarray(passages),
         jnp.asarray(lengths),
-        sep_id=SEP,
+        sep_token_id=SEP,
         log_probs=True,
     )
     for b in range(B):
@@ -177,7 +207,7 @@ def test_decoder_repeated_tokens_hand_example():
     p[0, 1, 5] = 0.3
     p[0, 2, 4] = 0.9  # "a c a" is not in the passage -> not allowed
     p[0, 2, SEP] = 0.05
-    out = passage_constrained_decode(jnp.asarray(p), passage, sep_id=SEP)
+    out = passage_constrained_decode(jnp.asarray(p), passage, sep_token_id=SEP)
     assert out.tokens.tolist() == [[4, 6, 0, 0]] and out.lengths.tolist() == [2]
     assert out.start.tolist() == [2] and out.start_mask.tolist() == [[False, False, True, False]]
     np.testing.assert_allclose(float(out.scores[0]), (0.7 + 0.6 + 0.05) / 3, rtol=1e-6)
@@ -188,7 +218,9 @@ def test_decoder_short_and_empty_passages():
     p[:, :, 7] = 0.9  # 7 is the favourite everywhere
     p[:, :, 5] = 0.5
     passages = jnp.array([[7, 7, 0, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
-    out = passage_constrained_decode(jnp.asarray(p), passages, jnp.array([2, 1, 0]), sep_id=SEP)
+    out = passage_constrained_decode(
+        jnp.asarray(p), passages, jnp.array([2, 1, 0]), sep_token_id=SEP
+    )
     # Row 0: "7 7" then the passage ends: only SEP (0.01) is allowed.
     assert out.tokens.tolist()[0] == [7, 7, 0, 0] and int(out.lengths[0]) == 2
     np.testing.assert_allclose(float(out.scores[0]), (0.9 + 0.9 + 0.01) / 3, rtol=1e-6)
@@ -203,7 +235,7 @@ def test_decoder_without_sep_uses_all_steps_and_is_jittable():
     passage = jnp.array([[4, 5, 6, 4, 5]])
     p = np.full((1, 3, 7), 0.0, np.float32)
     p[0, 0, 4], p[0, 1, 5], p[0, 2, 6] = 0.5, 0.6, 0.7
-    f = jax.jit(lambda pr, ps: passage_constrained_decode(pr, ps, sep_id=SEP))
+    f = jax.jit(lambda pr, ps: passage_constrained_decode(pr, ps, sep_token_id=SEP))
     out = f(jnp.asarray(p), passage)
     assert out.tokens.tolist() == [[4, 5, 6]] and out.lengths.tolist() == [3]
     np.testing.assert_allclose(float(out.scores[0]), 0.6, rtol=1e-6)
@@ -215,11 +247,11 @@ def test_decoder_neg_inf_log_probs_and_bf16():
     # decoder must still pick an allowed token (the smallest allowed id, SEP) and give 0.
     passage = jnp.array([[4, 5]])
     logp = jnp.full((1, 2, 8), -jnp.inf).at[0, :, 7].set(0.0)
-    out = passage_constrained_decode(logp, passage, sep_id=SEP, log_probs=True)
+    out = passage_constrained_decode(logp, passage, sep_token_id=SEP, log_probs=True)
     assert out.lengths.tolist() == [0] and out.tokens.tolist() == [[PAD, PAD]]
     assert out.scores.tolist() == [0.0]
     p = jnp.full((1, 2, 8), 0.05).at[0, 0, 5].set(0.8).at[0, 1, SEP].set(0.6)
-    out = passage_constrained_decode(p.astype(jnp.bfloat16), passage, sep_id=SEP)
+    out = passage_constrained_decode(p.astype(jnp.bfloat16), passage, sep_token_id=SEP)
     assert out.tokens.tolist() == [[5, 0]] and out.scores.dtype == jnp.float32
 
 
@@ -227,17 +259,17 @@ def test_decoder_errors():
     probs = jnp.ones((2, 3, 5)) / 5
     passage = jnp.zeros((2, 4), jnp.int32)
     with pytest.raises(ValueError, match="probs must have shape"):
-        passage_constrained_decode(probs[0], passage, sep_id=2)
+        passage_constrained_decode(probs[0], passage, sep_token_id=2)
     with pytest.raises(ValueError, match="passage_ids must have shape"):
-        passage_constrained_decode(probs, passage[0], sep_id=2)
+        passage_constrained_decode(probs, passage[0], sep_token_id=2)
     with pytest.raises(ValueError, match="batch"):
-        passage_constrained_decode(probs, passage[:1], sep_id=2)
-    with pytest.raises(ValueError, match="sep_id"):
-        passage_constrained_decode(probs, passage, sep_id=5)
-    with pytest.raises(ValueError, match="passage_lengths"):
-        passage_constrained_decode(probs, passage, jnp.array([1, 2, 3]), sep_id=2)
+        passage_constrained_decode(probs, passage[:1], sep_token_id=2)
+    with pytest.raises(ValueError, match="sep_token_id"):
+        passage_constrained_decode(probs, passage, sep_token_id=5)
+    with pytest.raises(ValueError, match="passage_length"):
+        passage_constrained_decode(probs, passage, jnp.array([1, 2, 3]), sep_token_id=2)
     with pytest.raises(TypeError, match="passage_ids must be integer"):
-        passage_constrained_decode(probs, passage.astype(jnp.float32), sep_id=2)
+        passage_constrained_decode(probs, passage.astype(jnp.float32), sep_token_id=2)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -281,13 +313,19 @@ def test_end_to_end_with_bert_if_available():
     model.eval()
     passages = [[10, 11, 12, 11, 13], [11, 12, 14], [20, 21, 22, 23, 24, 25]]
     x = build_mlm_reading_batch(
-        [[7, 8]] * 3, passages, answer_len=4, max_len=16, cls_id=CLS, sep_id=SEP, mask_id=MASK
+        [[7, 8]] * 3,
+        passages,
+        answer_len=4,
+        seq_len=16,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        mask_token_id=MASK,
     )
     ids = jnp.asarray(x.input_ids)
     hidden = model(ids, jnp.asarray(x.segment_ids), ids != PAD)
     probs = jax.nn.softmax(model.mlm_logits(hidden)[:, 1 : 4 + 1].astype(jnp.float32), axis=-1)
     out = passage_constrained_decode(
-        probs, jnp.asarray(x.passage_ids), jnp.asarray(x.passage_length), sep_id=SEP
+        probs, jnp.asarray(x.passage_ids), jnp.asarray(x.passage_length), sep_token_id=SEP
     )
     for b, passage in enumerate(passages):
         answer, score = _reference_decode(
@@ -309,18 +347,18 @@ def test_decoder_out_of_range_passage_ids_and_lengths():
         with pytest.raises(
             ValueError, match=rf"`passage_ids` must lie in \[0, vocab=6\), got {value} at index"
         ):
-            passage_constrained_decode(probs, bad, lengths, sep_id=2)
-    with pytest.raises(ValueError, match=r"`passage_lengths` must lie in \[0, P \+ 1=5\), got 5"):
-        passage_constrained_decode(probs, passage, np.array([5, 3]), sep_id=2)
-    with pytest.raises(TypeError, match="passage_lengths must be integer"):
-        passage_constrained_decode(probs, passage, np.array([4.0, 3.0]), sep_id=2)
+            passage_constrained_decode(probs, bad, lengths, sep_token_id=2)
+    with pytest.raises(ValueError, match=r"`passage_length` must lie in \[0, P \+ 1=5\), got 5"):
+        passage_constrained_decode(probs, passage, np.array([5, 3]), sep_token_id=2)
+    with pytest.raises(TypeError, match="passage_length must be integer"):
+        passage_constrained_decode(probs, passage, np.array([4.0, 3.0]), sep_token_id=2)
     # traced: that example gets score NaN and the empty answer; the other is unchanged
-    ref = passage_constrained_decode(probs, passage, lengths, sep_id=2)
-    decode = jax.jit(passage_constrained_decode, static_argnames="sep_id")
+    ref = passage_constrained_decode(probs, passage, lengths, sep_token_id=2)
+    decode = jax.jit(passage_constrained_decode, static_argnames="sep_token_id")
     bad = passage.copy()
     bad[1, 0] = -1
     for args in ((bad, lengths), (passage, np.array([4, -1]))):
-        out = decode(probs, *args, sep_id=2)
+        out = decode(probs, *args, sep_token_id=2)
         assert np.isnan(float(out.scores[1])) and int(out.lengths[1]) == 0
         assert int(out.start[1]) == -1 and not np.asarray(out.start_mask[1]).any()
         assert (np.asarray(out.tokens[1]) == 0).all()
@@ -331,26 +369,26 @@ def test_decoder_out_of_range_passage_ids_and_lengths():
 def test_decoder_nan_probabilities_are_honest():
     passage = jnp.array([[4, 5, 6]])
     p = jnp.full((1, 2, 8), 0.01).at[0, 0, 5].set(0.9).at[0, 1, 2].set(0.8)
-    out = passage_constrained_decode(p.at[0, 0, 5].set(jnp.nan), passage, sep_id=2)
+    out = passage_constrained_decode(p.at[0, 0, 5].set(jnp.nan), passage, sep_token_id=2)
     assert np.isnan(float(out.scores[0]))  # NaN at the token it may choose
-    clean = passage_constrained_decode(p, passage, sep_id=2)
-    forbidden = passage_constrained_decode(p.at[0, :, 7].set(jnp.nan), passage, sep_id=2)
+    clean = passage_constrained_decode(p, passage, sep_token_id=2)
+    forbidden = passage_constrained_decode(p.at[0, :, 7].set(jnp.nan), passage, sep_token_id=2)
     for a, r in zip(forbidden, clean):  # NaN at a token outside the passage: ignored
         np.testing.assert_array_equal(a, r)
 
 
 def test_builders_reject_negative_token_ids():
-    kw = dict(answer_len=2, max_len=12, cls_id=1, sep_id=2, mask_id=3)
+    kw = dict(answer_len=2, seq_len=12, cls_token_id=1, sep_token_id=2, mask_token_id=3)
     with pytest.raises(
         ValueError, match=r"passage_ids must hold token ids >= 0, got -1 at index 1"
     ):
         build_mlm_reading_inputs([7], [20, -1], **kw)
-    with pytest.raises(ValueError, match="mask_id must be a token id"):
-        build_mlm_reading_inputs([7], [20], **{**kw, "mask_id": -3})
-    with pytest.raises(ValueError, match="sep_id must be a token id"):
-        build_mlm_reading_targets([20], answer_len=2, sep_id=-1)
+    with pytest.raises(ValueError, match="mask_token_id must be a token id"):
+        build_mlm_reading_inputs([7], [20], **{**kw, "mask_token_id": -3})
+    with pytest.raises(ValueError, match="sep_token_id must be a token id"):
+        build_mlm_reading_targets([20], answer_len=2, sep_token_id=-1)
     with pytest.raises(ValueError, match="answer_ids must hold token ids >= 0"):
-        build_mlm_reading_targets([-5], answer_len=2, sep_id=2)
+        build_mlm_reading_targets([-5], answer_len=2, sep_token_id=2)
 
 
 def test_aggregation_keeps_nan_scores_and_sorts_them_last():
@@ -359,3 +397,47 @@ def test_aggregation_keeps_nan_scores_and_sorts_them_last():
     assert list(agg)[-1] == (5, 6) and np.isnan(agg[(5, 6)])
     np.testing.assert_allclose([agg[(4,)], agg[(9,)]], [0.25 / 1.5, 0.09 / 1.3])
     assert list(agg)[:2] == [(4,), (9,)]
+
+
+def test_deprecated_keyword_names_warn_and_agree():
+    """The pre-rename keywords still work, warn, and give identical results."""
+    new = dict(answer_len=2, seq_len=12, cls_token_id=1, sep_token_id=2, mask_token_id=3)
+    old = dict(answer_len=2, max_len=12, cls_id=1, sep_id=2, mask_id=3, pad_id=0)
+    ref = build_mlm_reading_batch([[7], [8, 9]], [[20, 21], [22]], **new)
+    for fn in (build_mlm_reading_inputs, build_mlm_reading_batch):
+        args = (
+            ([7], [20, 21]) if fn is build_mlm_reading_inputs else ([[7], [8, 9]], [[20, 21], [22]])
+        )
+        with pytest.warns(DeprecationWarning, match=rf"{fn.__name__}: `max_len` is deprecated"):
+            got = fn(*args, **old)
+        want = fn(*args, **new)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(TypeError, match="both `sep_token_id` and its deprecated alias"):
+            fn(*args, **new, sep_id=2)
+    with pytest.warns(DeprecationWarning, match="`sep_id` is deprecated, use `sep_token_id`"):
+        t = build_mlm_reading_targets([20], answer_len=3, sep_id=2, pad_id=9)
+    assert (
+        t.tolist()
+        == build_mlm_reading_targets([20], answer_len=3, sep_token_id=2, pad_token_id=9).tolist()
+    )
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 3, 30)))
+    passages, lengths = jnp.asarray(ref.passage_ids), jnp.asarray(ref.passage_length)
+    want = passage_constrained_decode(probs, passages, lengths, sep_token_id=2, pad_token_id=5)
+    with pytest.warns(DeprecationWarning, match="`passage_lengths` is deprecated"):
+        got = passage_constrained_decode(
+            probs, passages, passage_lengths=lengths, sep_id=2, pad_id=5
+        )
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="both `pad_token_id` and its deprecated alias `pad_id`"):
+        passage_constrained_decode(probs, passages, sep_token_id=2, pad_token_id=0, pad_id=0)
+    # jax.jit's static_argnames accepts the old and the new name
+    for static in ("sep_id", "sep_token_id"):
+        decode = jax.jit(passage_constrained_decode, static_argnames=static)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = decode(probs, passages, lengths, **{static: 2})
+        assert any(w.category is DeprecationWarning for w in caught) == (static == "sep_id")
+        ref = passage_constrained_decode(probs, passages, lengths, sep_token_id=2)
+        np.testing.assert_array_equal(out.tokens, ref.tokens)

@@ -257,7 +257,7 @@ def test_peoples_daily_with_the_minilm_vocab(peoples_daily):
     py, fast = _pair(path)
     encoded = py.encode_batch(peoples_daily)
     assert fast.encode_batch(peoples_daily) == encoded
-    n_unk = sum(ids.count(py.unk_id) for ids, _ in encoded)
+    n_unk = sum(ids.count(py.unk_token_id) for ids, _ in encoded)
     assert 0 < n_unk < sum(map(len, peoples_daily))  # the English vocab knows some CJK
     ref = _hf_fast(py.vocab)(peoples_daily)["input_ids"]
     assert [ids for ids, _ in encoded] == ref
@@ -300,3 +300,11 @@ def test_truncation_grid_matches_transformers():
             got = tok.encode_batch(texts, max_length=max_length - 1)
             ref = hf(texts, truncation=True, max_length=max_length - 1)["input_ids"]
             assert [ids for ids, _ in got] == ref
+
+
+def test_old_special_id_names_warn_and_agree():
+    tok = WordPieceTokenizer(TOY_VOCAB, backend="python")
+    for old in ("unk_id", "cls_id", "sep_id", "pad_id", "mask_id"):
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated"):
+            value = getattr(tok, old)
+        assert value == getattr(tok, old.replace("_id", "_token_id"))
