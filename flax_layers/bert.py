@@ -96,13 +96,23 @@ class BertConfig:
       param_dtype: parameter storage dtype.
       with_pooler: build the ``[CLS]`` pooler (dense + tanh).
       with_mlm_head: build the masked-LM head tied to the word embeddings.
+      encoder_chunk_bytes: when no dropout is active, :class:`BertModel` runs its
+        layers over the batch in chunks of whole sequences (``jax.lax.map``), sized
+        so that one chunk's largest per-layer activation (float32 attention scores
+        ``H t²`` or feed-forward hidden ``t I`` per sequence of length ``t``) takes
+        about this many bytes. Sequences never attend across examples, so the
+        result is the same (up to float rounding) as for the whole batch at once;
+        on CPU the chunk's temporaries stay in cache and are not mapped afresh on
+        every call. ``None`` (default): 8 MiB when JAX's default backend is the CPU,
+        the whole batch at once otherwise; ``0``: always the whole batch.
 
     Returns:
       An immutable configuration.
 
     Raises:
       ValueError: on non-positive sizes, a width not divisible by the head count,
-        an unknown activation or a dropout rate outside ``[0, 1)``.
+        an unknown activation, a dropout rate outside ``[0, 1)`` or a negative
+        ``encoder_chunk_bytes``.
 
     Reference: Devlin et al., 2019 (arXiv:1810.04805), Table/Appendix A.
 
@@ -130,6 +140,7 @@ class BertConfig:
     param_dtype: Any = jnp.float32
     with_pooler: bool = True
     with_mlm_head: bool = True
+    encoder_chunk_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -158,6 +169,11 @@ class BertConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {rate!r}.")
+        chunk = self.encoder_chunk_bytes
+        if chunk is not None and (type(chunk) is not int or chunk < 0):
+            raise ValueError(
+                f"BertConfig.encoder_chunk_bytes must be None or an int >= 0, got {chunk!r}."
+            )
 
     @property
     def head_dim(self) -> int:
@@ -377,6 +393,59 @@ def _check_mask_broadcasts(what: str, shape: tuple[int, ...], target: tuple[int,
             f"{what} of shape {shape} does not broadcast to "
             f"[batch, heads, q_len, k_len] = {target}."
         ) from None
+
+
+_CPU_CHUNK_BYTES = 8 * 2**20
+
+
+def _batch_chunk(config: BertConfig, batch: int, length: int) -> int:
+    """Sequences per chunk of the encoder (``batch`` means the whole batch at once).
+
+    The largest per-layer activation of one sequence is its float32 attention scores
+    ``H t²`` or its feed-forward hidden ``t I``; chunks hold as many sequences as fit in
+    ``config.encoder_chunk_bytes`` of it (at least one), spread evenly over the batch.
+    """
+    budget = config.encoder_chunk_bytes
+    if budget is None:
+        budget = _CPU_CHUNK_BYTES if jax.default_backend() == "cpu" else 0
+    if budget == 0:
+        return batch
+    per_sequence = 4 * length * max(config.num_attention_heads * length, config.intermediate_size)
+    most = max(1, budget // per_sequence)
+    chunks = -(-batch // most)
+    return -(-batch // chunks)
+
+
+def _map_chunks(
+    fn: Callable[[jax.Array, jax.Array | None], jax.Array],
+    x: jax.Array,
+    mask: jax.Array | None,
+    chunk: int,
+) -> jax.Array:
+    """``fn(x, mask)`` computed ``chunk`` examples at a time (``fn`` must act per example).
+
+    Full chunks run in a ``jax.lax.map`` loop, the remaining ``batch % chunk`` examples
+    in one more call. A mask whose batch axis is 1 is shared by every chunk.
+    """
+    batch = x.shape[0]
+    if chunk >= batch:
+        return fn(x, mask)
+    per_example = mask is not None and mask.shape[0] == batch
+    full = batch - batch % chunk
+
+    def split(a: jax.Array) -> jax.Array:
+        return a[:full].reshape(full // chunk, chunk, *a.shape[1:])
+
+    def body(args: tuple[jax.Array, jax.Array | None]) -> jax.Array:
+        xc, mc = args
+        return fn(xc, mc if per_example else mask)
+
+    out = jax.lax.map(body, (split(x), split(mask) if per_example else None))
+    out = out.reshape(full, *x.shape[1:])
+    if full == batch:
+        return out
+    rest = fn(x[full:], mask[full:] if per_example else mask)
+    return jnp.concatenate([out, rest])
 
 
 def _dense(
@@ -665,15 +734,28 @@ class BertModel(nnx.Module):
             own row only; the other examples are unaffected).
         """
         x, bad = self._embedding_rows(input_ids, token_type_ids, position_ids, segment_ids)
+        b, t = x.shape[:2]
         mask = None
         if attention_mask is not None:
-            b, t = x.shape[:2]
             mask = _normalise_mask(attention_mask, b, t, self.config.num_attention_heads)
-        for layer in self.layers:
-            x = layer(x, mask)
+        # Dropout draws random numbers (state that a lax.map body cannot update), so a
+        # training pass runs the whole batch at once.
+        chunk = b if self._dropout_active() else _batch_chunk(self.config, b, t)
+        x = _map_chunks(self._encode, x, mask, chunk)
         # NaN rows set at the end: the layers never see them, so an example that the
         # loss masks out leaves the other examples' gradients finite.
         return poison(x, bad)
+
+    def _encode(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def _dropout_active(self) -> bool:
+        dropouts = [self.embeddings.dropout]
+        for layer in self.layers:
+            dropouts += [layer.attention_dropout, layer.hidden_dropout]
+        return any(d.rate > 0 and not d.deterministic for d in dropouts)
 
     def pool(self, hidden: jax.Array) -> jax.Array:
         """BERT pooler: ``tanh(W h[:, 0] + b)`` ``[batch, hidden]``."""

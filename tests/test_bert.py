@@ -17,6 +17,7 @@ from flax_layers.bert import (
     _ACTIVATIONS,
     BertConfig,
     BertModel,
+    _batch_chunk,
     attention_weights,
     masked_softmax,
 )
@@ -177,6 +178,30 @@ def test_fully_masked_rows_give_finite_outputs_and_gradients(model):
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
 
 
+def test_batch_chunks_match_the_whole_batch_at_once():
+    """Chunked encoding (2 + 2 + a remainder of 1 examples) equals the unchunked pass."""
+    cfg = dataclasses.replace(CFG, num_hidden_layers=1, encoder_chunk_bytes=3200)
+    assert _batch_chunk(cfg, 5, 10) == 2  # 4 * 10 * max(4 * 10, 32) bytes per example
+    assert _batch_chunk(CFG, 5, 10) == 5  # the whole batch fits the default budget
+    assert _batch_chunk(dataclasses.replace(cfg, encoder_chunk_bytes=0), 5, 10) == 5
+    chunked = BertModel(cfg, rngs=nnx.Rngs(0))
+    whole = BertModel(dataclasses.replace(cfg, encoder_chunk_bytes=0), rngs=nnx.Rngs(0))
+    chunked.eval()
+    whole.eval()
+    ids = _ids(batch=5)
+    pad = jnp.arange(10)[None, :] < jnp.array([10, 3, 7, 5, 9])[:, None]  # per example
+    causal = jnp.tril(jnp.ones((10, 10), bool))[None, None]  # shared by all examples
+    graphdef, state = nnx.split(chunked)
+    jaxpr = jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(ids, None, pad))(state)
+    assert "scan" in str(jaxpr)  # the chunked path is taken
+
+    @nnx.jit
+    def outputs(model):
+        return model(ids, None, pad), model(ids, None, causal)
+
+    np.testing.assert_allclose(outputs(chunked), outputs(whole), atol=1e-5)
+
+
 # ------------------------------------------------------------ dtype and dropout
 
 
@@ -242,6 +267,8 @@ def test_bad_inputs_raise(model):
         BertConfig(hidden_act="nope")
     with pytest.raises(ValueError, match="dropout"):
         BertConfig(hidden_dropout_prob=1.0)
+    with pytest.raises(ValueError, match="encoder_chunk_bytes"):
+        BertConfig(encoder_chunk_bytes=-1)
     with pytest.raises(ValueError, match="relative"):
         BertConfig.from_dict({"position_embedding_type": "relative_key"})
 
