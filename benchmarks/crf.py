@@ -11,10 +11,11 @@ Sections:
 
 * ``crf``: CRF log-likelihood forward + backward (gradients for emissions, transitions,
   start and end) with our ``"rescaled"`` (default) and ``"sequential"`` algorithms vs
-  pytorch-crf (``torch.set_num_threads(2)``), goal ≥ 30×; Viterbi vs pytorch-crf
-  ``decode``. When torch-struct imports, also the log-partition gradient, entropy and
-  argmax against ``torch_struct.LinearChainCRF`` (its potentials ``[B, T-1, K, K]`` are
-  built from the same emissions inside the timed call).
+  pytorch-crf (``torch.set_num_threads(2)``) and Viterbi vs pytorch-crf ``decode``, goal
+  ≥ 50× for both (for fwd+bwd, with the default ``"rescaled"`` algorithm). When
+  torch-struct imports, also the log-partition gradient, entropy and argmax against
+  ``torch_struct.LinearChainCRF`` (its potentials ``[B, T-1, K, K]`` are built from the
+  same emissions inside the timed call).
 * ``distribution``: ``flax_layers.LinearChainCRF`` entropy, KL divergence, sampling and
   top-5. Entropy, KL and sampling are set against SynJax's absolute times recorded on this
   shape on this machine (SynJax is not on the registry, so they are constants here, not
@@ -32,14 +33,19 @@ Sections:
 Every JAX function is compiled (lower + compile, reported separately) and warmed up
 first; then the sides of a comparison are sampled round-robin in one process
 (:mod:`benchmarks.timing`) and each reports its median (torch-struct, seconds a call,
-in its own group with fewer repeats). ``OMP_WAIT_POLICY=PASSIVE`` is set before torch
+in its own group with fewer repeats). Each sample is primed (one untimed call right
+before the timed one, for ours and pytorch-crf alike; not for torch-struct, whose calls
+take seconds): without it, every sample of ours would time the JAX runtime waking up
+after the peer's 13-100 ms turn (about 0.2-0.8 ms on this 2-core VM) rather than the
+computation. ``--unprimed`` times without it. ``OMP_WAIT_POLICY=PASSIVE`` is set before torch
 loads, so its idle threads do not spin on the cores the next sample needs.
 
-The "limit" columns: the bytes the minimal algorithm must move (emissions read, tags
-read or written, the emission gradient written for fwd+bwd) and the share of this
-machine's copy bandwidth that reaches, ``min bytes / time / bandwidth``, with the
-bandwidth measured in the same process from a jitted ``x + 1.0`` over a 256 MB float32
-array, donated so it runs in place (bytes read + written per second). Prints markdown tables.
+The limit columns (:mod:`benchmarks.timing`, measured in this process): the bytes the
+minimal algorithm must move (emissions read, tags read or written, the emission gradient
+written for fwd+bwd) as a share of the copy bandwidth, and its ``K × K`` work as a share
+of the float32 matmul peak: ``2 K²`` FLOPs a row and step per sweep (multiply-add; for
+Viterbi add-max), three sweeps for a gradient or marginals (forward, backward, expected
+transition counts), one for Viterbi or a forward pass. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -63,7 +69,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.timing import round_robin_medians, timed  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    LIMIT_HEADER,
+    Machine,
+    compile_jit,
+    jax_sampler,
+    limit_cells,
+    machine_limits,
+    markdown_header,
+    markdown_row,
+    medians_ms,
+    timed,
+)
 from flax_layers import (  # noqa: E402
     LinearChainCRF,
     crf_log_likelihood,
@@ -74,6 +91,7 @@ from flax_layers import (  # noqa: E402
 
 BATCH, TAGS, STEPS = 32, 20, 128
 F32 = 4
+GOAL = 50  # speed-up over pytorch-crf, fwd+bwd and Viterbi
 
 # SynJax, measured on B=32, T=128, K=20 on this machine (not installable here; recorded).
 SYNJAX_ENTROPY_MS = 31.0
@@ -94,6 +112,7 @@ class Row:
     peer_ms: float
     compile_s: float
     min_bytes: int
+    flops: float | None
     goal: str = ""
     met: bool | None = None
     note: str = ""
@@ -113,6 +132,8 @@ class MemRow:
     ratio: float
     ms: float
     compile_s: float
+    min_bytes: int
+    flops: float
 
 
 @dataclass
@@ -120,52 +141,22 @@ class Ctx:
     """Run settings, messages to print, and the compiled functions sections share."""
 
     quick: bool
+    primed: bool = True
     messages: list[str] = field(default_factory=list)
     cache: dict[str, tuple] = field(default_factory=dict)
 
+    def sampler(self, compiled, *args) -> Callable[[], float]:
+        """:func:`benchmarks.timing.jax_sampler`, primed unless ``--unprimed``."""
+        return jax_sampler(compiled, *args, primed=self.primed)
+
     def compile(self, key: str, fn: Callable, *args) -> tuple:
-        """:func:`_compile`, once per ``key`` (the T = 128 cases recur across sections)."""
+        """:func:`compile_jit`, once per ``key`` (the T = 128 cases recur across sections)."""
         if key not in self.cache:
-            self.cache[key] = _compile(fn, *args)
+            self.cache[key] = compile_jit(fn, *args)
         return self.cache[key]
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-def _compile(fn: Callable, *args):
-    """Jits ``fn`` and compiles it for ``args``; returns (compiled, compile seconds)."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def _jax_sampler(compiled, *args) -> Callable[[], float]:
-    return timed(lambda: jax.block_until_ready(compiled(*args)))
-
-
-def _medians_ms(
-    samplers: Sequence[Callable[[], float]], repeats: int, warmup: int = 2
-) -> list[float]:
-    return [1e3 * s for s in round_robin_medians(samplers, repeats, warmup)]
-
-
-def copy_bandwidth(repeats: int = 5) -> float:
-    """Bytes read + written per second by a jitted ``x + 1.0`` over 256 MB of float32.
-
-    ``x`` is donated, so the sum is written in place: a fresh 256 MB output would time
-    the kernel's page faults (about 2 GB/s here) instead of the memory traffic.
-    """
-    x = [jnp.zeros((64 * 2**20,), jnp.float32)]
-    nbytes = x[0].nbytes
-    compiled = jax.jit(lambda x: x + 1.0, donate_argnums=0).lower(x[0]).compile()
-
-    def step():
-        x[0] = compiled(x[0])
-        x[0].block_until_ready()
-
-    (s,) = round_robin_medians([timed(step)], repeats, warmup=2)
-    return 2 * nbytes / s
 
 
 def _shape(batch: int, steps: int) -> str:
@@ -198,6 +189,13 @@ def _ll_grad(tags, mask, algorithm="rescaled", checkpoint=False):
 def _fb_bytes(batch: int, steps: int, tags: bool = True) -> int:
     """Emissions read + emission gradient written (+ tags read)."""
     return 2 * batch * steps * TAGS * F32 + (batch * steps * 4 if tags else 0)
+
+
+def _chain_flops(batch: int, steps: int, passes: float) -> float:
+    """``passes`` sweeps of ``K × K`` work a step: ``2 K²`` FLOPs each (multiply-add, or
+    add-max for Viterbi) per row and step. A forward-backward gradient is three sweeps:
+    the forward and backward recursions and the expected transition counts."""
+    return passes * 2 * TAGS**2 * batch * (steps - 1)
 
 
 # ------------------------------------------------------------------------- peers
@@ -305,12 +303,12 @@ def bench_crf(ctx: Ctx) -> list[Row]:
         for algorithm in ["rescaled", "sequential"]
     }
     compiled["viterbi"] = _viterbi(ctx, mask, args)
-    compiled["logz"] = _compile(
+    compiled["logz"] = compile_jit(
         jax.grad(lambda em, g, s, e: jnp.sum(crf_log_partition(em, g, mask, s, e)), (0, 1, 2, 3)),
         *args,
     )
     compiled["entropy"] = _entropy(ctx, mask, args)
-    sampler = {n: _jax_sampler(c, *args) for n, (c, _) in compiled.items()}
+    sampler = {n: ctx.sampler(c, *args) for n, (c, _) in compiled.items()}
     cs = {n: c for n, (_, c) in compiled.items()}
 
     # Two round-robin groups: pytorch-crf (fast, many repeats) and torch-struct (slow,
@@ -323,7 +321,10 @@ def bench_crf(ctx: Ctx) -> list[Row]:
         ctx.messages.append("torch not installed: no pytorch-crf / torch-struct columns.")
     else:
         fb, decode = _pytorch_crf_fns(torch, em, tags, mask, params)
-        group_a |= {"pytorch-crf fb": timed(fb), "pytorch-crf decode": timed(decode)}
+        group_a |= {
+            "pytorch-crf fb": timed(fb, primed=ctx.primed),
+            "pytorch-crf decode": timed(decode, primed=ctx.primed),
+        }
         log_z = np.asarray(crf_log_partition(*args[:2], mask, *args[2:]))
         ts = _torch_struct_fns(torch, em, mask, params, log_z)
         if isinstance(ts, str):
@@ -331,68 +332,81 @@ def bench_crf(ctx: Ctx) -> list[Row]:
         else:
             group_b |= {f"ts {n}": timed(f) for n, f in zip(["logz", "entropy", "argmax"], ts)}
             repeats_b = 2 if ctx.quick else 5
-    ms = dict(zip(group_a, _medians_ms(list(group_a.values()), repeats)))
-    ms_b = dict(zip(group_b, _medians_ms(list(group_b.values()), repeats_b, warmup=1)))
+    ms = dict(zip(group_a, medians_ms(list(group_a.values()), repeats)))
+    ms_b = dict(zip(group_b, medians_ms(list(group_b.values()), repeats_b, warmup=1)))
     ms |= {n: t for n, t in ms_b.items() if n != "viterbi"}
     peer = lambda n: ms.get(n, NAN)  # noqa: E731
-    fb_bytes = _fb_bytes(BATCH, STEPS)
-    dec_bytes = BATCH * STEPS * (TAGS * F32 + 4)
-    rows = []
-    for algorithm in ["rescaled", "sequential"]:
-        speedup = peer("pytorch-crf fb") / ms[algorithm]
-        rows.append(
-            Row(
-                f"CRF log-lik fwd+bwd, {algorithm}",
-                shape,
-                ms[algorithm],
-                "pytorch-crf",
-                peer("pytorch-crf fb"),
-                cs[algorithm],
-                fb_bytes,
-                "≥ 30×",
-                None if math.isnan(speedup) else speedup >= 30,
-            )
-        )
-    rows.append(
-        Row(
-            "Viterbi decode",
+    fb_bytes, fb_flops = _fb_bytes(BATCH, STEPS), _chain_flops(BATCH, STEPS, 3)
+    dec_bytes, dec_flops = BATCH * STEPS * (TAGS * F32 + 4), _chain_flops(BATCH, STEPS, 1)
+
+    def vs_peer(case, name, peer_name, peer_label, nbytes, flops, goal=GOAL):
+        speedup = peer(peer_name) / ms[name]
+        met = None if not goal or math.isnan(speedup) else speedup >= goal
+        return Row(
+            case,
             shape,
-            ms["viterbi"],
+            ms[name],
+            peer_label,
+            peer(peer_name),
+            cs[name],
+            nbytes,
+            flops,
+            f"≥ {goal}×" if goal else "",
+            met,
+        )
+
+    rows = [  # the goal is the default algorithm's; "sequential" is shown for scale
+        vs_peer(
+            f"CRF log-lik fwd+bwd, {a}",
+            a,
+            "pytorch-crf fb",
+            "pytorch-crf",
+            fb_bytes,
+            fb_flops,
+            goal=GOAL if a == "rescaled" else None,
+        )
+        for a in ["rescaled", "sequential"]
+    ]
+    rows.append(
+        vs_peer(
+            "Viterbi decode",
+            "viterbi",
             "pytorch-crf decode",
-            peer("pytorch-crf decode"),
-            cs["viterbi"],
+            "pytorch-crf decode",
             dec_bytes,
+            dec_flops,
         )
     )
-    logz_bytes = _fb_bytes(BATCH, STEPS, tags=False)
     if "ts logz" in ms:
+        ms["viterbi (torch-struct group)"] = ms_b["viterbi"]
+        cs["viterbi (torch-struct group)"] = cs["viterbi"]
         rows += [
-            Row(
+            vs_peer(
                 "log Z fwd+bwd (grad of crf_log_partition), rescaled",
-                shape,
-                ms["logz"],
+                "logz",
+                "ts logz",
                 "torch-struct",
-                ms["ts logz"],
-                cs["logz"],
-                logz_bytes,
+                _fb_bytes(BATCH, STEPS, tags=False),
+                fb_flops,
+                goal=None,
             ),
-            Row(
+            vs_peer(
                 "LinearChainCRF.entropy()",
-                shape,
-                ms["entropy"],
+                "entropy",
+                "ts entropy",
                 "torch-struct entropy",
-                ms["ts entropy"],
-                cs["entropy"],
                 BATCH * STEPS * TAGS * F32,
+                fb_flops,
+                goal=None,
             ),
-            Row(
+            vs_peer(
                 "Viterbi decode",
-                shape,
-                ms_b["viterbi"],
+                "viterbi (torch-struct group)",
+                "ts argmax",
                 "torch-struct argmax",
-                ms["ts argmax"],
-                cs["viterbi"],
                 dec_bytes,
+                dec_flops,
+                goal=None,
             ),
         ]
     return rows
@@ -420,18 +434,18 @@ def bench_distribution(ctx: Ctx) -> list[Row]:
         "sample100": (lambda key, em, g, s, e: dist(em, g, s, e).sample(key, (100,)), (key, *args)),
         "top5": (lambda em, g, s, e: dist(em, g, s, e).top_k(5), args),
     }
-    compiled = {n: (*_compile(f, *a), a) for n, (f, a) in fns.items()}
+    compiled = {n: (*compile_jit(f, *a), a) for n, (f, a) in fns.items()}
     compiled["entropy"] = (*_entropy(ctx, mask, args), args)
     compiled["viterbi"] = (*_viterbi(ctx, mask, args), args)
     names = list(compiled)
     ms = dict(
-        zip(names, _medians_ms([_jax_sampler(c, *a) for c, _, a in compiled.values()], repeats))
+        zip(names, medians_ms([ctx.sampler(c, *a) for c, _, a in compiled.values()], repeats))
     )
     cs = {n: compiled[n][1] for n in names}
     em_bytes = BATCH * STEPS * TAGS * F32
     path_bytes = BATCH * STEPS * 4
 
-    def vs_synjax(name, case, synjax_ms, min_bytes, goal=True, note=""):
+    def vs_synjax(name, case, synjax_ms, min_bytes, flops, goal=True, note=""):
         speedup = synjax_ms / ms[name]
         return Row(
             case,
@@ -441,19 +455,25 @@ def bench_distribution(ctx: Ctx) -> list[Row]:
             synjax_ms,
             cs[name],
             min_bytes,
+            flops,
             "≥ 10×" if goal else "",
             speedup >= 10 if goal else None,
             note,
         )
 
     ratio = ms["top5"] / ms["viterbi"]
+    # Entropy: marginals and expected counts (3 sweeps); KL adds the other chain's forward
+    # sweep; sampling is one forward sweep plus O(K) work a step and sample.
+    fb_flops = _chain_flops(BATCH, STEPS, 3)
+    sample_flops = _chain_flops(BATCH, STEPS, 1)
     return [
-        vs_synjax("entropy", "LinearChainCRF.entropy()", SYNJAX_ENTROPY_MS, em_bytes),
+        vs_synjax("entropy", "LinearChainCRF.entropy()", SYNJAX_ENTROPY_MS, em_bytes, fb_flops),
         vs_synjax(
             "kl",
             "LinearChainCRF.kl_divergence(other)",
             SYNJAX_ENTROPY_MS,
             2 * em_bytes,
+            _chain_flops(BATCH, STEPS, 4),
             note="compared with SynJax's entropy() figure",
         ),
         vs_synjax(
@@ -461,12 +481,14 @@ def bench_distribution(ctx: Ctx) -> list[Row]:
             "LinearChainCRF.sample(key), 1 sample",
             SYNJAX_SAMPLE_MS,
             em_bytes + path_bytes,
+            sample_flops,
         ),
         vs_synjax(
             "sample100",
             "LinearChainCRF.sample(key, (100,))",
             SYNJAX_SAMPLE_MS,
             em_bytes + 100 * path_bytes,
+            sample_flops,
             goal=False,
             note=f"vs SynJax's 1-sample figure; ours {ms['sample100'] / 100:.3f} ms per sample",
         ),
@@ -478,6 +500,7 @@ def bench_distribution(ctx: Ctx) -> list[Row]:
             ms["viterbi"],
             cs["top5"],
             em_bytes + 5 * path_bytes,
+            _chain_flops(BATCH, STEPS, 5),  # k = 5 candidates per (i, j)
             "top_k / Viterbi ≤ 10×",
             ratio <= 10,
             f"top_k(5) / Viterbi = {ratio:.1f}×",
@@ -496,7 +519,7 @@ def bench_holes(ctx: Ctx) -> list[Row]:
     padded = ctx.compile("ll rescaled", _ll_grad(tags, mask), *args)
     cases = [
         ("right-padded mask (concrete)", padded, args),
-        ("mask with holes at 0 and 5 (concrete)", _compile(_ll_grad(tags, holes), *args), args),
+        ("mask with holes at 0 and 5 (concrete)", compile_jit(_ll_grad(tags, holes), *args), args),
     ]
     traced_args = (*args, jnp.asarray(mask))
 
@@ -506,9 +529,9 @@ def bench_holes(ctx: Ctx) -> list[Row]:
         )(em, g, s, e)
 
     cases.append(
-        ("right-padded mask (traced argument)", _compile(traced_loss, *traced_args), traced_args)
+        ("right-padded mask (traced argument)", compile_jit(traced_loss, *traced_args), traced_args)
     )
-    ms = _medians_ms([_jax_sampler(c, *a) for _, (c, _), a in cases], repeats)
+    ms = medians_ms([ctx.sampler(c, *a) for _, (c, _), a in cases], repeats)
     base = ms[0]
     return [
         Row(
@@ -519,6 +542,7 @@ def bench_holes(ctx: Ctx) -> list[Row]:
             base,
             compile_s,
             _fb_bytes(BATCH, STEPS),
+            _chain_flops(BATCH, STEPS, 3),
             note=f"ratio to right-padded {t / base:.2f}×",
         )
         for (name, (_, compile_s), _), t in zip(cases, ms)
@@ -544,8 +568,8 @@ def bench_algorithms(ctx: Ctx) -> list[Row]:
             def loss(em, g, s, e, mask=mask, algorithm=algorithm):
                 return jnp.sum(crf_log_partition(em, g, mask, s, e, algorithm=algorithm))
 
-            compiled.append(_compile(jax.grad(loss, (0, 1, 2, 3)), *args))
-        ms = _medians_ms([_jax_sampler(c, *args) for c, _ in compiled], repeats, warmup=1)
+            compiled.append(compile_jit(jax.grad(loss, (0, 1, 2, 3)), *args))
+        ms = medians_ms([ctx.sampler(c, *args) for c, _ in compiled], repeats, warmup=1)
         for algorithm, t, (_, compile_s) in zip(algorithms, ms, compiled):
             rows.append(
                 Row(
@@ -556,6 +580,7 @@ def bench_algorithms(ctx: Ctx) -> list[Row]:
                     ms[0],
                     compile_s,
                     _fb_bytes(batch, steps, tags=False),
+                    _chain_flops(batch, steps, 3),
                     note=f"ratio to rescaled {t / ms[0]:.2f}×",
                 )
             )
@@ -572,12 +597,12 @@ def bench_memory(ctx: Ctx) -> list[MemRow]:
         ("sequential", "sequential", False),
         ("sequential, checkpoint=True", "sequential", True),
     ]
-    compiled = [_compile(_ll_grad(tags, mask, a, c), *args) for _, a, c in cases]
+    compiled = [compile_jit(_ll_grad(tags, mask, a, c), *args) for _, a, c in cases]
     if ctx.quick:
         ctx.messages.append("--quick: memory section not timed (memory_analysis only).")
         ms = [NAN] * len(cases)
     else:
-        ms = _medians_ms([_jax_sampler(c, *args) for c, _ in compiled], 3, warmup=1)
+        ms = medians_ms([ctx.sampler(c, *args) for c, _ in compiled], 3, warmup=1)
     mems = [c.memory_analysis() for c, _ in compiled]
     base = mems[0].temp_size_in_bytes
     return [
@@ -590,6 +615,8 @@ def bench_memory(ctx: Ctx) -> list[MemRow]:
             m.temp_size_in_bytes / base,
             t,
             compile_s,
+            _fb_bytes(batch, steps),
+            _chain_flops(batch, steps, 3),
         )
         for (name, _, _), m, t, (_, compile_s) in zip(cases, mems, ms, compiled)
     ]
@@ -604,9 +631,9 @@ def bench_memm(ctx: Ctx) -> list[Row]:
     def memm_loss(em, g):
         return -jnp.sum(memm_log_likelihood(em, tags, g, mask, direction="both"))
 
-    memm, memm_s = _compile(jax.grad(memm_loss, argnums=(0, 1)), *args[:2])
+    memm, memm_s = compile_jit(jax.grad(memm_loss, argnums=(0, 1)), *args[:2])
     crf, _ = ctx.compile("ll rescaled", _ll_grad(tags, mask), *args)
-    ours, peer = _medians_ms([_jax_sampler(memm, *args[:2]), _jax_sampler(crf, *args)], repeats)
+    ours, peer = medians_ms([ctx.sampler(memm, *args[:2]), ctx.sampler(crf, *args)], repeats)
     return [
         Row(
             "Bi-MEMM loss fwd+bwd",
@@ -616,6 +643,7 @@ def bench_memm(ctx: Ctx) -> list[Row]:
             peer,
             memm_s,
             _fb_bytes(BATCH, STEPS),
+            None,  # O(T K) work a row: memory-bound
             "faster than CRF",
             ours < peer,
         )
@@ -635,50 +663,59 @@ SECTIONS: dict[str, Callable[[Ctx], list]] = {
 # ------------------------------------------------------------------------- output
 
 
+RIGHT = {"ours ms", "peer ms", "speed-up (peer/ours)", "compile s", *LIMIT_HEADER}
+
+
 def _fmt_ms(ms: float) -> str:
     return "—" if math.isnan(ms) else f"{ms:.3f}"
 
 
-def format_rows(rows: Sequence[Row], bandwidth: float) -> str:
-    lines = [
-        "| case | shape | ours ms | peer | peer ms | speed-up (peer/ours) | goal | met "
-        "| compile s | min bytes | % of copy bw | note |",
-        "|---|---|---:|---|---:|---:|---|---|---:|---:|---:|---|",
-    ]
+def format_rows(rows: Sequence[Row], machine: Machine) -> str:
+    names = [
+        "case", "shape", "ours ms", "peer", "peer ms", "speed-up (peer/ours)", "goal", "met",
+        "compile s", *LIMIT_HEADER, "note",
+    ]  # fmt: skip
+    lines = [markdown_header(names, [n in RIGHT for n in names])]
     for r in rows:
         met = "" if r.met is None else ("yes" if r.met else "no")
         if math.isnan(r.speedup):
             speedup = "—"
         else:
             speedup = f"{r.speedup:.1f}×" if r.speedup >= 0.95 else f"{r.speedup:.2g}×"
-        pct = 100 * r.min_bytes / (r.ours_ms * 1e-3) / bandwidth
-        lines.append(
-            f"| {r.case} | {r.shape} | {_fmt_ms(r.ours_ms)} | {r.peer} | {_fmt_ms(r.peer_ms)} "
-            f"| {speedup} | {r.goal} | {met} | {r.compile_s:.2f} | {r.min_bytes / 2**20:.2f} MiB "
-            f"| {pct:.2f}% | {r.note} |"
-        )
+        cells = [
+            r.case, r.shape, _fmt_ms(r.ours_ms), r.peer, _fmt_ms(r.peer_ms), speedup, r.goal, met,
+            f"{r.compile_s:.2f}", *limit_cells(r.ours_ms * 1e-3, r.min_bytes, r.flops, machine),
+            r.note,
+        ]  # fmt: skip
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 
-def format_memory(rows: Sequence[MemRow]) -> str:
+def format_memory(rows: Sequence[MemRow], machine: Machine) -> str:
     mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
-    lines = [
-        "| case | shape | temp MiB | argument MiB | output MiB | total MiB "
-        "| temp / rescaled | ms | compile s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    names = [
+        "case", "shape", "temp MiB", "argument MiB", "output MiB", "total MiB",
+        "temp / rescaled", "ms", "compile s", *LIMIT_HEADER,
+    ]  # fmt: skip
+    lines = [markdown_header(names, [n != "case" and n != "shape" for n in names])]
     for r in rows:
-        lines.append(
-            f"| {r.case} | {r.shape} | {mib(r.temp)} | {mib(r.args)} | {mib(r.out)} "
-            f"| {mib(r.temp + r.args + r.out)} | {r.ratio:.3f} | {_fmt_ms(r.ms)} "
-            f"| {r.compile_s:.2f} |"
-        )
+        cells = [
+            r.case, r.shape, mib(r.temp), mib(r.args), mib(r.out),
+            mib(r.temp + r.args + r.out), f"{r.ratio:.3f}", _fmt_ms(r.ms), f"{r.compile_s:.2f}",
+            *limit_cells(r.ms * 1e-3, r.min_bytes, r.flops, machine),
+        ]  # fmt: skip
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
+    parser.add_argument(
+        "--unprimed",
+        action="store_true",
+        help="time each sample without the untimed call right before it (see benchmarks.timing)",
+    )
     parser.add_argument(
         "--only",
         default="",
@@ -689,14 +726,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}; median ms after warm-up, sampled "
-        "round-robin in one process"
+        "round-robin in one process, "
+        + ("each sample unprimed" if args.unprimed else "each sample right after an untimed call")
     )
-    bandwidth = copy_bandwidth(3 if args.quick else 5)
-    print(
-        "copy bandwidth (jitted x + 1.0 over 256 MB float32, bytes read + written): "
-        f"{bandwidth / 1e9:.1f} GB/s"
-    )
-    ctx = Ctx(args.quick)
+    machine = machine_limits(3 if args.quick else 5)
+    print(machine.describe())
+    ctx = Ctx(args.quick, primed=not args.unprimed)
     rows: list[Row] = []
     mem_rows: list[MemRow] = []
     for name, section in SECTIONS.items():
@@ -711,10 +746,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "machine, not measured in this run."
         )
     if rows:
-        print("\n" + format_rows(rows, bandwidth))
+        print("\n" + format_rows(rows, machine))
     if mem_rows:
         print("\nPeak memory: compiled memory_analysis(); temp = XLA scratch buffers.")
-        print(format_memory(mem_rows))
+        print(format_memory(mem_rows, machine))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

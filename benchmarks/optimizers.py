@@ -4,14 +4,22 @@ Run ``python -m benchmarks.optimizers`` (or ``--quick`` for a fast smoke run).
 
 Each case times one jitted training-step body, ``update`` + ``optax.apply_updates``,
 with the parameter and state buffers donated, ``block_until_ready`` after every
-sample, and reports the median over repeats after warm-up; compile time (lower +
-compile) is reported separately, as are the bytes of optimizer state. For
-transforms whose cost varies from step to step (Lookahead synchronises every ``k``
-steps) one sample is ``k`` consecutive steps and the time is per step.
+sample, and reports the median over repeats after warm-up (:mod:`benchmarks.timing`);
+compile time (lower + compile) is reported separately, as are the bytes of optimizer
+state. For transforms whose cost varies from step to step (Lookahead synchronises every
+``k`` steps) one sample is ``k`` consecutive steps and the time is per step.
 
 The cases compared in one row are compiled and warmed up first and then sampled
 round-robin (ours, peer, ours, peer, ...), so that a slow phase of a shared machine
 hits both sides alike instead of whichever ran during it.
+
+Limit columns (:mod:`benchmarks.timing`): these steps are elementwise (a few FLOPs a
+parameter), so their limit is memory traffic. "min bytes" is what the step must read
+and write at least, with every buffer updated in place: parameters, gradients and
+optimizer state read, parameters and state written (``3 P + 2 S`` for ``P`` bytes of
+parameters and ``S`` of state); Lookahead adds its slow copy once per period
+(``2 P / k`` a step), the sparse Lazy path only the touched rows. It is given as a share
+of the copy bandwidth measured in the same process, for ours and for the peer.
 
 Sections are plain functions ``section(quick: bool) -> list[Row]`` listed in
 ``SECTIONS``; they build :class:`Runner`s (:func:`prepare_step`,
@@ -31,7 +39,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from benchmarks.timing import round_robin_medians
+from benchmarks.timing import (
+    LIMIT_HEADER,
+    Machine,
+    compile_jit,
+    limit_cells,
+    machine_limits,
+    markdown_header,
+    markdown_row,
+    round_robin_medians,
+)
 from optax_contrib.adafactor import adafactor
 from optax_contrib.lookahead import lookahead
 
@@ -46,6 +63,8 @@ class Row:
     compile_ours_s: float
     compile_peer_s: float
     state_bytes: str = ""
+    min_bytes_ours: int = 0
+    min_bytes_peer: int = 0
 
     @property
     def ratio(self) -> float:
@@ -59,6 +78,7 @@ class Timing:
     ms: float
     compile_s: float
     state_bytes: int
+    min_bytes: int
 
 
 @dataclass
@@ -71,6 +91,7 @@ class Runner:
     steps_per_sample: int
     compile_s: float
     state_bytes: int
+    min_bytes: int
 
     def sample(self) -> float:
         """Runs ``steps_per_sample`` steps; returns seconds per step."""
@@ -92,58 +113,71 @@ def num_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
+def update_bytes(param_bytes: int, state_bytes: int) -> int:
+    """Minimal traffic of an in-place step: params, grads, state read; params, state written."""
+    return 3 * param_bytes + 2 * state_bytes
+
+
 def prepare_step(
     step: Callable[..., tuple[Any, Any]],
     donated: tuple[Any, Any],
     other_args: Sequence[Any] = (),
     *,
     steps_per_sample: int = 1,
-    warmup: int = 2,
     state_bytes: int = 0,
+    min_bytes: int = 0,
 ) -> Runner:
-    """Compiles ``step`` with its first two arguments donated and warms it up.
+    """Compiles ``step`` with its first two arguments donated (``donated`` is consumed).
 
-    ``donated`` is consumed. Compile time is lower + compile.
+    Compile time is lower + compile; warm-up happens in :func:`time_interleaved`.
     """
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*donated, *other_args).compile()
-    runner = Runner(
-        compiled,
-        donated,
-        tuple(other_args),
-        steps_per_sample,
-        time.perf_counter() - t0,
-        state_bytes,
+    compiled, compile_s = compile_jit(step, *donated, *other_args, donate_argnums=(0, 1))
+    return Runner(
+        compiled, donated, tuple(other_args), steps_per_sample, compile_s, state_bytes, min_bytes
     )
-    for _ in range(warmup):
-        runner.sample()
-    return runner
 
 
 def prepare_update(
-    tx: optax.GradientTransformation, params: Any, grads: Any, *, steps_per_sample: int = 1
+    tx: optax.GradientTransformation,
+    params: Any,
+    grads: Any,
+    *,
+    steps_per_sample: int = 1,
+    min_bytes: int | None = None,
 ) -> Runner:
-    """A :class:`Runner` for the jitted ``tx.update`` + ``optax.apply_updates``."""
+    """A :class:`Runner` for the jitted ``tx.update`` + ``optax.apply_updates``.
+
+    ``min_bytes`` defaults to :func:`update_bytes` of the parameters and the state.
+    """
     params = jax.tree.map(jnp.copy, params)  # the copies are donated, not the caller's
     state = tx.init(params)
     nbytes = tree_bytes(state)
+    if min_bytes is None:
+        min_bytes = update_bytes(tree_bytes(params), nbytes)
 
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     return prepare_step(
-        step, (params, state), (grads,), steps_per_sample=steps_per_sample, state_bytes=nbytes
+        step,
+        (params, state),
+        (grads,),
+        steps_per_sample=steps_per_sample,
+        state_bytes=nbytes,
+        min_bytes=min_bytes,
     )
 
 
-def time_interleaved(runners: Sequence[Runner], *, repeats: int) -> list[Timing]:
-    """Samples the runners round-robin ``repeats`` times; median ms per step of each.
+def time_interleaved(runners: Sequence[Runner], *, repeats: int, warmup: int = 2) -> list[Timing]:
+    """Warms the runners up, samples them round-robin ``repeats`` times; median ms per step.
 
     The runners' buffers are released afterwards.
     """
-    medians = round_robin_medians([r.sample for r in runners], repeats)
-    timings = [Timing(1e3 * s, r.compile_s, r.state_bytes) for r, s in zip(runners, medians)]
+    medians = round_robin_medians([r.sample for r in runners], repeats, warmup)
+    timings = [
+        Timing(1e3 * s, r.compile_s, r.state_bytes, r.min_bytes) for r, s in zip(runners, medians)
+    ]
     for r in runners:
         r.buffers = (None, None)
     return timings
@@ -177,7 +211,16 @@ def _bytes_text(ours: Timing, peer: Timing, n: int) -> str:
 
 
 def _row(case: str, ours: Timing, peer: Timing, n: int) -> Row:
-    return Row(case, ours.ms, peer.ms, ours.compile_s, peer.compile_s, _bytes_text(ours, peer, n))
+    return Row(
+        case,
+        ours.ms,
+        peer.ms,
+        ours.compile_s,
+        peer.compile_s,
+        _bytes_text(ours, peer, n),
+        ours.min_bytes,
+        peer.min_bytes,
+    )
 
 
 def bench_adafactor(quick: bool) -> list[Row]:
@@ -215,8 +258,15 @@ def bench_lookahead(quick: bool) -> list[Row]:
     size = f"k={k}, {n / 1e6:.1f}M"
     rows = []
     for name, inner in [("adam", optax.adam(1e-3)), ("adafactor", adafactor(1e-3))]:
+        min_bytes = _lookahead_bytes(inner, params, k)
         runners = [
-            prepare_update(lookahead(inner, sync_period=k), params, grads, steps_per_sample=k),
+            prepare_update(
+                lookahead(inner, sync_period=k),
+                params,
+                grads,
+                steps_per_sample=k,
+                min_bytes=min_bytes,
+            ),
             prepare_update(inner, params, grads, steps_per_sample=k),
         ]
         if name == "adam":
@@ -228,6 +278,13 @@ def bench_lookahead(quick: bool) -> list[Row]:
                 _row(f"Lookahead({name}) vs optax.lookahead({name}), {size}", ours, reference[0], n)
             )
     return rows
+
+
+def _lookahead_bytes(inner: optax.GradientTransformation, params: Any, k: int) -> int:
+    """Minimal traffic a Lookahead step: the inner step, the slow copy read and written
+    once per period of ``k`` steps."""
+    p = tree_bytes(params)
+    return update_bytes(p, tree_bytes(inner.init(params))) + 2 * p // k
 
 
 def _optax_lookahead_runner(
@@ -243,7 +300,14 @@ def _optax_lookahead_runner(
 
     # Its slow copy lives in the parameters; count it with the state, as ours is.
     nbytes = tree_bytes(state) + tree_bytes(params)
-    return prepare_step(step, (both, state), (grads,), steps_per_sample=k, state_bytes=nbytes)
+    return prepare_step(
+        step,
+        (both, state),
+        (grads,),
+        steps_per_sample=k,
+        state_bytes=nbytes,
+        min_bytes=_lookahead_bytes(inner, params, k),
+    )
 
 
 def bench_lookahead_steps(quick: bool) -> list[Row]:
@@ -262,6 +326,7 @@ def bench_lookahead_steps(quick: bool) -> list[Row]:
     n = num_params(params)
     k = 5
     inner = optax.adam(1e-3)
+    p_bytes = tree_bytes(params)
     ours = prepare_update(lookahead(inner, sync_period=k), params, grads)
     adam = prepare_update(inner, params, grads)
     # The select reads the destination, so XLA keeps the donated buffer (a destination
@@ -270,34 +335,54 @@ def bench_lookahead_steps(quick: bool) -> list[Row]:
         lambda src, dst, flag: (src, jax.tree.map(lambda s, d: jnp.where(flag, s, d), src, dst)),
         tuple(jax.tree.map(jnp.copy, params) for _ in range(2)),
         (jnp.bool_(True),),
-        state_bytes=tree_bytes(params),
+        state_bytes=p_bytes,
+        min_bytes=2 * p_bytes,
     )
+    for runner in (ours, adam, copy):  # warm-up, before the phase of ours is set
+        for _ in range(2):
+            runner.sample()
     while int(ours.buffers[1].steps_since_sync) != 0:
         ours.sample()
     # One round: ours at steps 1..k of the period, each followed by an Adam step.
-    *steps, copied = time_interleaved([ours, adam] * k + [copy], repeats=3 if quick else 20)
+    *steps, copied = time_interleaved(
+        [ours, adam] * k + [copy], repeats=3 if quick else 20, warmup=0
+    )
     after, *ordinary, sync = steps[0::2]
     adam_ms = statistics.median(t.ms for t in steps[1::2])
     size = f"k={k}, {n / 1e6:.1f}M"
+    # Minimal traffic of each step: an Adam step; the sync step also reads and writes the
+    # slow weights; the step after it writes the parameters into the state.
+    adam_bytes = adam.min_bytes
     cases = [
         (
             "Lookahead(adam) ordinary step (mean of steps 2..k-1)",
             statistics.mean(t.ms for t in ordinary),
             ours,
             "",
+            adam_bytes,
         ),
-        ("Lookahead(adam) sync step", sync.ms, ours, ""),
-        ("Lookahead(adam) step after sync", after.ms, ours, ""),
+        ("Lookahead(adam) sync step", sync.ms, ours, "", adam_bytes + 2 * p_bytes),
+        ("Lookahead(adam) step after sync", after.ms, ours, "", adam_bytes + p_bytes),
         (
             "copy of the parameters alone",
             copied.ms,
             copy,
-            f"{tree_bytes(params) / 2**20:.1f} MiB copied",
+            f"{p_bytes / 2**20:.1f} MiB copied",
+            2 * p_bytes,
         ),
     ]
     return [
-        Row(f"{case} vs adam step, {size}", ms, adam_ms, runner.compile_s, adam.compile_s, note)
-        for case, ms, runner, note in cases
+        Row(
+            f"{case} vs adam step, {size}",
+            ms,
+            adam_ms,
+            runner.compile_s,
+            adam.compile_s,
+            note,
+            nbytes,
+            adam_bytes,
+        )
+        for case, ms, runner, note, nbytes in cases
     ]
 
 
@@ -319,6 +404,12 @@ def bench_lazy(quick: bool) -> list[Row]:
     row_grads = jax.random.normal(k_grad, (n_ids, dim), jnp.float32)
     table_grads = jnp.zeros_like(table).at[ids].add(row_grads)
 
+    # Minimal traffic: the sparse path touches the rows in the batch (parameters, their
+    # gradient rows, two moments: 3 + 2 * 2 row reads/writes) and reads the ids; the
+    # article policy and dense Adam update the whole table and its state.
+    touched = int(jnp.unique(ids).size)
+    sparse_bytes = 7 * touched * dim * 4 + ids.nbytes
+
     def prepared(tx: optax.GradientTransformation, grads: jax.Array, with_ids: bool) -> Runner:
         params = jnp.copy(table)
         state = tx.init(params)
@@ -329,7 +420,10 @@ def bench_lazy(quick: bool) -> list[Row]:
             updates, state = tx.update(grads, state, params, **extra)
             return optax.apply_updates(params, updates), state
 
-        return prepare_step(step, (params, state), (grads, ids), state_bytes=nbytes)
+        min_bytes = sparse_bytes if tx is sparse else update_bytes(table.nbytes, nbytes)
+        return prepare_step(
+            step, (params, state), (grads, ids), state_bytes=nbytes, min_bytes=min_bytes
+        )
 
     sparse = lazy(optax.adam(1e-3), policy="frozen", elementwise=True)
     article = lazy(optax.adam(1e-3), policy="article")
@@ -355,17 +449,22 @@ SECTIONS: list[Callable[[bool], list[Row]]] = [
 ]
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| case | ours (ms) | peer (ms) | ratio | compile ours/peer (s) "
-        "| state bytes (ours / peer) |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+def format_table(rows: Sequence[Row], machine: Machine) -> str:
+    """The result table; the limit columns are ours', then the peer's share of bandwidth."""
+    names = [
+        "case", "ours (ms)", "peer (ms)", "ratio", "compile ours/peer (s)",
+        "state bytes (ours / peer)", *LIMIT_HEADER, "peer min bytes", "peer % of copy bw",
+    ]  # fmt: skip
+    text = ("case", "state bytes (ours / peer)")
+    lines = [markdown_header(names, [n not in text for n in names])]
     for r in rows:
-        lines.append(
-            f"| {r.case} | {r.ours_ms:.2f} | {r.peer_ms:.2f} | {r.ratio:.2f}× | "
-            f"{r.compile_ours_s:.2f} / {r.compile_peer_s:.2f} | {r.state_bytes} |"
-        )
+        peer = limit_cells(r.peer_ms * 1e-3, r.min_bytes_peer, None, machine)[:2]
+        cells = [
+            r.case, f"{r.ours_ms:.2f}", f"{r.peer_ms:.2f}", f"{r.ratio:.2f}×",
+            f"{r.compile_ours_s:.2f} / {r.compile_peer_s:.2f}", r.state_bytes,
+            *limit_cells(r.ours_ms * 1e-3, r.min_bytes_ours, None, machine), *peer,
+        ]  # fmt: skip
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 
@@ -377,11 +476,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, optax {optax.__version__}, devices: {jax.devices()}")
+    machine = machine_limits(3 if args.quick else 5)
+    print(machine.describe())
     rows: list[Row] = []
     for section in SECTIONS:
         if args.only in section.__name__:
             rows.extend(section(args.quick))
-    print(format_table(rows))
+    print(format_table(rows, machine))
 
 
 if __name__ == "__main__":

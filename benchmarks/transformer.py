@@ -15,10 +15,19 @@ Run ``python -m benchmarks.transformer`` (or ``--quick`` for a smoke run).
    search). Su (kexue.fm/archives/7148) reports the MLM decoder about 6x faster
    than seq2seq decoding.
 
-Compile time is reported separately; timings are medians over several runs
-after a warm-up. In the forward comparison the two sides are sampled round-robin
-(ours, theirs, ours, ...), so that a slow phase of a shared machine hits both alike.
-Prints markdown tables.
+Compile time is reported separately (for the generators, which jit their own
+pieces, the first call); timings are medians over several runs after warm-up, and
+the sides of each table are sampled round-robin in one process (ours, theirs, ours,
+...; :mod:`benchmarks.timing`), so that a slow phase of a shared machine hits all alike.
+
+Limit columns (:mod:`benchmarks.timing`): FLOPs of the dense computation as run (the
+padded batch; per token and layer ``2 (4 E² + 2 E I)`` for the projections and
+feed-forward plus ``4 L E`` for attention over ``L`` keys; ``2 E V`` a predicted
+position for the MLM head), as a share of the float32 matmul peak, and the minimal
+bytes (the weights each pass must read: the encoder layers, the embedding rows
+gathered, the whole tied embedding matrix for a vocabulary projection; the KV cache
+read at each decoding step; the output written) as a share of the copy bandwidth,
+both measured in this process. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -28,14 +37,24 @@ import functools
 import importlib.util
 import os
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.timing import round_robin_medians, timed
+from benchmarks.timing import (
+    LIMIT_HEADER,
+    Machine,
+    compile_jit,
+    jax_sampler,
+    limit_cells,
+    machine_limits,
+    markdown_header,
+    markdown_row,
+    medians_ms,
+    timed,
+)
 from flax_layers.bert import BertConfig, BertModel
 from flax_layers.generation import unilm_beam_search, unilm_greedy_generate
 
@@ -51,12 +70,30 @@ MINILM = dict(
 )
 
 
-def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    return round_robin_medians([timed(fn)], repeats, warmup)[0]
+F32 = 4
+Row = tuple[str, float, float, str, float, float]  # name, ms, compile s, note, bytes, FLOPs
 
 
-def _block(fn: Callable[[], object]) -> object:
-    return jax.block_until_ready(fn())
+def _layer_flops(cfg, tokens: int, keys: int) -> float:
+    """FLOPs of the encoder layers for ``tokens`` queries attending over ``keys`` each."""
+    e, i = cfg.hidden_size, cfg.intermediate_size
+    return cfg.num_hidden_layers * tokens * (2 * (4 * e * e + 2 * e * i) + 4 * keys * e)
+
+
+def _layer_bytes(cfg) -> int:
+    """Bytes of the encoder layers' weights (matrices; biases and norms are negligible)."""
+    e, i = cfg.hidden_size, cfg.intermediate_size
+    return cfg.num_hidden_layers * (4 * e * e + 2 * e * i) * F32
+
+
+def _head_flops(cfg, positions: int) -> float:
+    """FLOPs of the MLM head (transform + tied vocabulary projection) at ``positions``."""
+    e = cfg.hidden_size
+    return positions * 2 * (e * e + e * cfg.vocab_size)
+
+
+def _head_bytes(cfg) -> int:
+    return (cfg.hidden_size + cfg.vocab_size) * cfg.hidden_size * F32
 
 
 def _minilm_dir() -> str | None:
@@ -92,31 +129,32 @@ def _inputs(batch: int, length: int, vocab: int, seed: int = 0):
     return ids, seg, att
 
 
-def bench_forward(batch: int, length: int, repeats: int) -> list[tuple[str, float, float, str]]:
+def bench_forward(batch: int, length: int, repeats: int) -> list[Row]:
     """MiniLM-L6 forward: ours (jit) vs HF transformers BertModel (PyTorch CPU)."""
     model, path = _build_model(with_mlm_head=False)
-    ids, seg, att = _inputs(batch, length, model.config.vocab_size)
+    cfg = model.config
+    ids, seg, att = _inputs(batch, length, cfg.vocab_size)
     graphdef, state = nnx.split(model)
 
     def forward(state, ids, seg, att):
         return nnx.merge(graphdef, state)(ids, seg, att)
 
     args = (state, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(att))
-    t0 = time.perf_counter()
-    compiled = jax.jit(forward).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-
-    def run_ours():
-        return compiled(*args).block_until_ready()
+    compiled, compile_s = compile_jit(forward, *args)
+    tokens = batch * length
+    flops = _layer_flops(cfg, tokens, length)
+    # Layer weights, the embedding rows gathered and the hidden states written.
+    nbytes = _layer_bytes(cfg) + 2 * tokens * cfg.hidden_size * F32
+    run_ours = jax_sampler(compiled, *args)
 
     try:
         import torch
         import transformers
     except ImportError:
-        ours = _median_time(run_ours, repeats)
+        (ours,) = medians_ms([run_ours], repeats)
         return [
-            ("ours (jax.jit, f32)", ours, compile_s, ""),
-            ("HF transformers (torch)", float("nan"), float("nan"), "not installed"),
+            ("ours (jax.jit, f32)", ours, compile_s, "", nbytes, flops),
+            ("HF transformers (torch)", float("nan"), float("nan"), "not installed", nbytes, flops),
         ]
     torch.set_num_threads(2)
     if path is not None:
@@ -134,19 +172,41 @@ def bench_forward(batch: int, length: int, repeats: int) -> list[tuple[str, floa
         with torch.no_grad():
             return hf(**targs).last_hidden_state
 
-    ours, theirs = round_robin_medians([timed(run_ours), timed(run_torch)], repeats, warmup=2)
+    ours, theirs = medians_ms([run_ours, timed(run_torch)], repeats)
     err = float(np.abs(np.asarray(compiled(*args)) - run_torch().numpy())[att == 1].max())
     return [
-        ("ours (jax.jit, f32)", ours, compile_s, ""),
-        ("HF transformers (torch, 2 threads)", theirs, 0.0, f"max abs diff {err:.1e}"),
+        ("ours (jax.jit, f32)", ours, compile_s, "", nbytes, flops),
+        (
+            "HF transformers (torch, 2 threads)",
+            theirs,
+            0.0,
+            f"max abs diff {err:.1e}",
+            nbytes,
+            flops,
+        ),
     ]
+
+
+def _generation_work(cfg, sequences: int, source: int, steps: int) -> tuple[float, float]:
+    """(bytes, FLOPs) of cached generation: the source pass, then ``steps`` - 1 one-token
+    passes, each reading the layer weights, the KV cache and the vocabulary matrix."""
+    e, layers = cfg.hidden_size, cfg.num_hidden_layers
+    flops = _layer_flops(cfg, sequences * source, source) + _head_flops(cfg, sequences)
+    nbytes = _layer_bytes(cfg) + _head_bytes(cfg)
+    for t in range(1, steps):
+        keys = source + t
+        flops += _layer_flops(cfg, sequences, keys) + _head_flops(cfg, sequences)
+        cache = 2 * layers * sequences * keys * e * F32
+        nbytes += _layer_bytes(cfg) + _head_bytes(cfg) + cache
+    return nbytes, flops
 
 
 def bench_decoding(
     passages: int, q_len: int, p_len: int, answer_len: int, repeats: int
-) -> list[tuple[str, float, float, str]]:
+) -> list[Row]:
     """MLM parallel decoding vs UniLM autoregressive generation, same model size."""
     model, _ = _build_model(with_mlm_head=True)
+    cfg = model.config
     # never emit [PAD]: the UniLM side then always generates the full answer_len tokens
     model.mlm_bias[...] = model.mlm_bias[...].at[0].set(-jnp.inf)
     vocab = model.config.vocab_size
@@ -171,10 +231,10 @@ def bench_decoding(
             [question] * passages,
             passage_list,
             answer_len=answer_len,
-            max_len=mlm_len,
-            cls_id=cls_id,
-            sep_id=sep_id,
-            mask_id=mask_id,
+            seq_len=mlm_len,
+            cls_token_id=cls_id,
+            sep_token_id=sep_id,
+            mask_token_id=mask_id,
         )
         ids, seg, plen, pids = x.input_ids, x.segment_ids, x.passage_length, x.passage_ids
         note = "forward + passage_constrained_decode"
@@ -195,14 +255,17 @@ def bench_decoding(
         probs = jax.nn.softmax(m.mlm_logits(h[:, 1 : answer_len + 1]).astype(jnp.float32))
         if passage_constrained_decode is None:
             return jnp.argmax(probs, axis=-1)
-        return passage_constrained_decode(probs, pids, plen, sep_id=sep_id)
+        return passage_constrained_decode(probs, pids, plen, sep_token_id=sep_id)
 
     args = tuple(jnp.asarray(a) if a is not None else None for a in (ids, seg, pids, plen))
-    t0 = time.perf_counter()
-    compiled = jax.jit(mlm_decode).lower(state, *args).compile()
-    compile_s = time.perf_counter() - t0
-    mlm = _median_time(lambda: jax.block_until_ready(compiled(state, *args)), repeats)
-    rows.append((f"MLM parallel ({note})", mlm, compile_s, f"length {mlm_len}"))
+    compiled, compile_s = compile_jit(mlm_decode, state, *args)
+    samplers = [jax_sampler(compiled, state, *args)]
+    mlm_flops = _layer_flops(cfg, passages * mlm_len, mlm_len)
+    mlm_flops += _head_flops(cfg, passages * answer_len)
+    mlm_bytes = _layer_bytes(cfg) + _head_bytes(cfg) + passages * mlm_len * cfg.hidden_size * F32
+    rows.append(
+        (f"MLM parallel ({note})", 0.0, compile_s, f"length {mlm_len}", mlm_bytes, mlm_flops)
+    )
 
     source = np.array([[cls_id] + question + [sep_id] + p + [sep_id] for p in passage_list])
     source = jnp.asarray(source, jnp.int32)
@@ -214,28 +277,34 @@ def bench_decoding(
             functools.partial(unilm_beam_search, model, source, beam_size=3, **kw),
         ),
     )
-    for name, gen in generators:
+    for (name, gen), beams in zip(generators, (1, 3)):
         t0 = time.perf_counter()
         out = jax.block_until_ready(gen())
-        compile_s = time.perf_counter() - t0
-        t = _median_time(functools.partial(_block, gen), repeats)
+        first_s = time.perf_counter() - t0
+        samplers.append(jax_sampler(gen))
         steps = int(np.asarray(out.lengths).max())
-        rows.append((name, t, compile_s, f"{steps} steps, source {source.shape[1]}"))
-    return rows
+        nbytes, flops = _generation_work(cfg, passages * beams, source.shape[1], steps)
+        note = f"{steps} steps, source {source.shape[1]}; compile s = first call"
+        rows.append((name, 0.0, first_s, note, nbytes, flops))
+    ms = medians_ms(samplers, repeats)
+    return [(r[0], t, *r[2:]) for r, t in zip(rows, ms)]
 
 
-def _table(title: str, rows, reference: int) -> str:
+def _table(title: str, rows: list[Row], reference: int, machine: Machine) -> str:
     ref_name, ref = rows[reference][0], rows[reference][1]
-    lines = [
-        f"### {title}",
-        "",
-        f"| implementation | median ms | compile s | time / time of '{ref_name}' | notes |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for name, t, c, note in rows:
+    names = [
+        "implementation", "median ms", "compile s", f"time / time of '{ref_name}'",
+        *LIMIT_HEADER, "notes",
+    ]  # fmt: skip
+    lines = [f"### {title}", "", markdown_header(names, [n not in TEXT for n in names])]
+    for name, t, c, note, nbytes, flops in rows:
         ratio = t / ref if ref > 0 else float("nan")
-        lines.append(f"| {name} | {t * 1e3:.1f} | {c:.2f} | {ratio:.2f}x | {note} |")
+        limits = limit_cells(t * 1e-3, nbytes, flops, machine)
+        lines.append(markdown_row([name, f"{t:.1f}", f"{c:.2f}", f"{ratio:.2f}x", *limits, note]))
     return "\n".join(lines)
+
+
+TEXT = ("implementation", "notes")
 
 
 def main() -> None:
@@ -249,8 +318,11 @@ def main() -> None:
         fwd = dict(batch=32, length=128, repeats=20)
         dec = dict(passages=4, q_len=16, p_len=96, answer_len=16, repeats=10)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+    machine = machine_limits(3 if opts.quick else 5)
+    print(machine.describe())
     rows = bench_forward(**fwd)
-    print(_table(f"MiniLM-L6 forward, batch {fwd['batch']} x {fwd['length']}", rows, 0))
+    title = f"MiniLM-L6 forward, batch {fwd['batch']} x {fwd['length']}"
+    print(_table(title, rows, 0, machine))
     speed = rows[1][1] / rows[0][1]
     print(f"\nOurs / HF throughput: {speed:.2f}x (goal >= 1.0x).")
     print()
@@ -260,6 +332,7 @@ def main() -> None:
             f"Answer decoding, {dec['passages']} passages, answer length {dec['answer_len']}",
             rows,
             0,
+            machine,
         )
     )
     greedy = rows[1][1] / rows[0][1]

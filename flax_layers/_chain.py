@@ -29,6 +29,15 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def host_value(x) -> np.ndarray | None:
+    """``x`` as a numpy array when its value is known at trace time, else None.
+
+    Taken from the argument itself: under :func:`jax.jit`, ``jnp.asarray`` of a numpy
+    constant is already a tracer.
+    """
+    return np.asarray(x) if is_concrete(x) else None
+
+
 def compute_dtype(*arrays) -> jnp.dtype:
     """float32, or wider if an input is wider (float64 under x64)."""
     return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
@@ -75,14 +84,17 @@ def check_mask(
     """Boolean mask ``[..., T]`` from a mask or lengths, and whether it may have holes.
 
     ``holes`` is a static bool: False for ``lengths``, no mask, or a concrete mask that is
-    right-padded; True for a concrete mask with holes and for any traced mask.
+    right-padded; True for a concrete mask with holes and for any traced mask. A concrete
+    mask (or concrete lengths) comes back as a numpy array, so that it stays concrete
+    under :func:`jax.jit`.
     """
     if mask is not None and lengths is not None:
         raise ValueError(f"{fn}: pass either mask or lengths, not both.")
     if mask is None and lengths is None:
-        return jnp.ones((*batch_shape, num_steps), bool), False
+        return np.ones((*batch_shape, num_steps), bool), False
     if mask is not None:
-        mask = jnp.asarray(mask)
+        host = host_value(mask)
+        mask = jnp.asarray(mask) if host is None else host
         if mask.shape != (*batch_shape, num_steps):
             raise ValueError(
                 f"{fn}: mask must have shape [..., T] = {(*batch_shape, num_steps)}, "
@@ -90,26 +102,26 @@ def check_mask(
             )
         if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer)):
             raise TypeError(f"{fn}: mask must be boolean or 0/1 integers, got {mask.dtype}.")
-        if not is_concrete(mask):
+        if host is None:
             return mask.astype(bool), True
-        m = np.asarray(mask)
-        if not np.isin(m, (0, 1)).all():
+        if not np.isin(host, (0, 1)).all():
             raise ValueError(f"{fn}: mask must contain only 0/1 (or booleans).")
-        m = m.astype(bool)
+        m = host.astype(bool)
         holes = bool((m[..., 1:] & ~m[..., :-1]).any())
-        return jnp.asarray(m), holes
-    lengths = jnp.asarray(lengths)
+        return m, holes
+    host = host_value(lengths)
+    lengths = jnp.asarray(lengths) if host is None else host
     if lengths.shape != batch_shape:
         raise ValueError(
             f"{fn}: lengths must have the batch shape {batch_shape}, got {lengths.shape}."
         )
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"{fn}: lengths must be integers, got dtype {lengths.dtype}.")
-    if is_concrete(lengths):
-        l_np = np.asarray(lengths)
-        if ((l_np < 0) | (l_np > num_steps)).any():
-            raise ValueError(f"{fn}: lengths must lie in [0, T={num_steps}], got {l_np}.")
-    return jnp.arange(num_steps) < lengths[..., None], False
+    if host is None:
+        return jnp.arange(num_steps) < lengths[..., None], False
+    if ((host < 0) | (host > num_steps)).any():
+        raise ValueError(f"{fn}: lengths must lie in [0, T={num_steps}], got {host}.")
+    return np.arange(num_steps) < host[..., None], False
 
 
 ALGORITHMS = ("rescaled", "sequential", "parallel")
@@ -127,14 +139,14 @@ def check_algorithm(fn: str, algorithm: str, checkpoint: bool = False) -> None:
 
 def check_tags(fn: str, tags, mask: jax.Array, num_tags: int) -> jax.Array:
     """Integer tags ``[..., T]``, in ``[0, K)`` at valid positions (checked when concrete)."""
+    host, host_mask = host_value(tags), host_value(mask)
     tags = jnp.asarray(tags)
     if tags.shape != mask.shape:
         raise ValueError(f"{fn}: tags must have shape [..., T] = {mask.shape}, got {tags.shape}.")
     if not jnp.issubdtype(tags.dtype, jnp.integer):
         raise TypeError(f"{fn}: tags must be integers, got dtype {tags.dtype}.")
-    if is_concrete(tags) and is_concrete(mask):
-        t_np = np.asarray(tags)
-        if ((t_np < 0) | (t_np >= num_tags))[np.asarray(mask)].any():
+    if host is not None and host_mask is not None:
+        if ((host < 0) | (host >= num_tags))[host_mask.astype(bool)].any():
             raise ValueError(f"{fn}: tags at valid positions must lie in [0, K={num_tags}).")
     return tags.astype(jnp.int32)
 

@@ -42,12 +42,17 @@ def _log_z(c: Compact, algorithm: str, checkpoint: bool) -> jax.Array:
 
 
 def _path_score(c: Compact, tags: jax.Array) -> jax.Array:
-    """Scores ``[N]`` of compact tag paths ``[N, T]`` (gathers, no one-hot sums)."""
+    """Scores ``[N]`` of compact tag paths ``[N, T]``.
+
+    The emission term is a sum over a one-hot selection rather than a gather: its
+    gradient is then an elementwise select that fuses with the rest of the emission
+    gradient, where a gather's is a scatter into a fresh zero array.
+    """
     num_tags = c.x.shape[-1]
     valid = jnp.arange(c.x.shape[1]) < c.lengths[:, None]
     tags = jnp.clip(jnp.where(valid, tags, 0), 0, num_tags - 1)
-    emit = jnp.take_along_axis(c.x, tags[..., None], axis=-1)[..., 0]
-    score = jnp.sum(jnp.where(valid, emit, 0), axis=1)
+    gold = (jnp.arange(num_tags) == tags[..., None]) & valid[..., None]
+    score = jnp.sum(jnp.where(gold, c.x, 0), axis=(1, 2))
     score += jnp.sum(jnp.where(valid[:, 1:], c.g[tags[:, :-1], tags[:, 1:]], 0), axis=1)
     last = jnp.take_along_axis(tags, jnp.maximum(c.lengths - 1, 0)[:, None], axis=1)[:, 0]
     return score + jnp.where(c.lengths > 0, c.start[tags[:, 0]] + c.end[last], 0)
@@ -110,10 +115,14 @@ def transition_marginals(inputs, *, holes):
     return out.reshape(*inputs.emissions.shape, num_tags)
 
 
-def _compact_argmax(c: Compact, unrolled: bool):
+def _compact_argmax(c: Compact, unrolled: bool, unmasked=None):
+    """Viterbi on the compact chain. ``unmasked``: the same emissions without the zeros
+    past each length (a right-padded batch), which the unrolled loop may read instead
+    (it never reads past a length), saving the masked copy."""
     args = (c.x, c.g, c.start, c.end, c.lengths)
     if unrolled and c.x.shape[-1] <= _maxplus.UNROLL_MAX_TAGS:
-        tags, score = _maxplus.viterbi(*args)
+        x = c.x if unmasked is None else unmasked
+        tags, score = _maxplus.viterbi(x, *args[1:])
     else:
         res = sequential_scan(Max(), *args, keep_pointers=True)
         tags, score = backtrack(res.pointers, res.final_arg, c.lengths)[:, 0], res.total[:, 0]
@@ -123,7 +132,8 @@ def _compact_argmax(c: Compact, unrolled: bool):
 @functools.partial(jax.jit, static_argnames=("holes", "unrolled"))
 def argmax(inputs, *, holes, unrolled=True):
     c = compact(inputs, holes)
-    tags, score = _compact_argmax(c, unrolled)
+    unmasked = None if holes else inputs.emissions.astype(c.x.dtype).reshape(c.x.shape)
+    tags, score = _compact_argmax(c, unrolled, unmasked)
     batch_shape = _batch_shape(inputs)
     tags = expand(c, tags, -1).reshape(inputs.mask.shape)
     return tags, poison(score, c.nan_rows).reshape(batch_shape)

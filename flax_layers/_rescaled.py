@@ -9,8 +9,11 @@ semiring, with matrix products instead of log-sum-exps, and fall back to it (thr
   ``ψ_t = exp(h_t - max h_t)`` for all steps in one vectorised call (``h_t`` = emissions
   with the row maxima of ``g``, the start and the end scores folded in), renormalised
   every step and the log-normaliser accumulated. The backward recursion ``β`` runs in the
-  same loop, so the gradient (a ``custom_vjp``: tag marginals for the emissions, expected
-  transition counts for ``g``) costs no second scan. The local identity
+  same loop: a step is one product of the stacked ``[a, ψ ⊙ b]`` with a ``[2K, 2K + 2]``
+  matrix that also yields both normalisers (no reductions in the loop), and one stored
+  row. Its gradient (a ``custom_vjp``: tag marginals for the emissions, expected
+  transition counts for ``g``) comes from the marginals, which the forward rule computes
+  from the same rows, so the backward rule is elementwise. The local identity
   ``Σ α_t β_t = c_{t+1} Σ α_{t+1} β_{t+1} / d_{t+1}`` (``c``, ``d`` the step normalisers)
   certifies that no mass was lost; if it fails anywhere in the batch (extreme scores,
   e.g. logit margins of ~90 nats against forbidden transitions), a NaN or a row without
@@ -25,6 +28,11 @@ semiring, with matrix products instead of log-sum-exps, and fall back to it (thr
 Every matrix product requests full float32 (``Precision.HIGHEST``): on TPUs and recent
 GPUs the default would use bf16 passes or TF32 and lose about 1e-3 relative per step.
 
+On XLA:CPU a loop step costs its kernel launches more than its arithmetic (a ``[32, 40]``
+by ``[40, 42]`` product is ~50k multiply-adds), so the loop has three kernels a step
+(row update, product, store); everything else runs before or after it, vectorised over
+all steps, in the batch-major ``[N, T, K]`` layout of the emissions (no transposes).
+
 References: Rabiner, "A Tutorial on Hidden Markov Models" (Proc. IEEE 1989; scaled
 forward-backward); Särkkä & García-Fernández (2021; associative scans).
 """
@@ -32,6 +40,7 @@ forward-backward); Särkkä & García-Fernández (2021; associative scans).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,90 +64,167 @@ def _matmul(a, b):
 def _rescale(x, g, start, end, lengths):
     """Folds start/end/row maxima into the emissions and exponentiates everything once.
 
-    ``x`` ``[T, K, N]`` (zero past lengths). Returns ``ψ`` ``[T, K, N]`` with
-    ``max_k ψ_t = 1``, its log-offsets ``m`` ``[T, N]``, ``E = exp(g - r)`` with row
-    maxima ``r`` (rows of ``E`` peak at 1; ``-inf -> 0``) and the valid-position mask.
-    ``exp(g(i, j)) = exp(r_i) E(i, j)``: the ``exp(r_i)`` goes into ``ψ_t(i)`` for every
-    position that has a successor, ``exp(end(i))`` into the last one.
+    ``x`` ``[N, T, K]`` (zero past lengths). Returns ``ψ`` ``[N, T, K]`` with
+    ``max_k ψ_t = 1``, its log-offsets ``m`` ``[N, T]``, ``E = exp(g - r)`` with row
+    maxima ``r`` (rows of ``E`` peak at 1; ``-inf -> 0``) and the valid positions
+    ``[N, T]``. ``exp(g(i, j)) = exp(r_i) E(i, j)``: the ``exp(r_i)`` goes into ``ψ_t(i)``
+    for every position that has a successor, ``exp(end(i))`` into the last one.
     """
-    num_steps = x.shape[0]
-    t = jnp.arange(num_steps)[:, None]
-    valid = t < lengths
-    last = t == lengths - 1
+    t = jnp.arange(x.shape[1])
+    valid = t < lengths[:, None]
+    last = (t == lengths[:, None] - 1)[..., None]
     r = jnp.max(g, axis=1)
     r = jnp.where(r > -jnp.inf, r, 0)
     e_mat = jnp.exp(g - r[:, None])
-    h = x + jnp.where(last[:, None, :], end[None, :, None], r[None, :, None])
-    h = h.at[0].add(start[:, None])
-    h = jnp.where(valid[:, None, :], h, 0)
-    m = jnp.max(h, axis=1)
+    h = x + jnp.where(last, end, r) + jnp.where(t == 0, 1, 0)[:, None] * start
+    h = jnp.where(valid[..., None], h, 0)
+    m = jnp.max(h, axis=-1)
     m = jnp.where(m > -jnp.inf, m, 0)
-    psi = jnp.exp(h - m[:, None, :])
+    psi = jnp.exp(h - m[..., None])
     return psi, m, e_mat, valid
 
 
-def _forward_backward_scan(psi, e_mat, valid):
-    """One loop for both recursions (forward from t=0, backward from t=T-1).
+def _step_matrix(e_mat):
+    """``[2K, 2K + 2]``: ``[[E, 0, E 1, 0], [0, Eᵀ, 0, Eᵀ 1]]``.
 
-    ``a_t = (Eᵀ a_{t-1}) ⊙ ψ_t / c_t`` and ``b_t = E (ψ_{t+1} ⊙ b_{t+1}) / d_{t+1}`` (ones
-    from each sequence's last position on), each normalised to sum 1 (``c``, ``d``). The
-    two matrix products of a step are one batched product.
+    ``[a, q]`` (a row per sequence) times it gives ``Eᵀ a``, ``E q`` and their sums (the
+    two normalisers), so a step needs no reduction of its own.
     """
-    c0 = jnp.sum(psi[0], axis=0)
-    a0 = psi[0] / c0
-    ones = jnp.ones_like(psi[0])
-    mats = jnp.stack([e_mat.T, e_mat])
+    zero = jnp.zeros_like(e_mat)
+    col = lambda v: v[:, None]  # noqa: E731
+    zeros = col(jnp.zeros_like(e_mat[0]))
+    return jnp.concatenate(
+        [
+            jnp.concatenate([e_mat, zero, col(jnp.sum(e_mat, axis=1)), zeros], axis=1),
+            jnp.concatenate([zero, e_mat.T, zeros, col(jnp.sum(e_mat, axis=0))], axis=1),
+        ]
+    )
 
-    def step(carry, inputs):
-        a, q = carry  # q = ψ_{t+1} ⊙ b_{t+1} for the backward half
-        psi_next, psi_prev, v_next = inputs
-        y = _matmul(mats, jnp.stack([a, q]))
-        u = y[0] * psi_next
-        c = jnp.sum(u, axis=0)
-        a = u / c
-        d = jnp.where(v_next, jnp.sum(y[1], axis=0), 1)
-        b = jnp.where(v_next, y[1] / d, 1)
-        return (a, psi_prev * b), (a, c, b, d)
 
-    _, (a_s, c_s, b_s, d_s) = lax.scan(step, (a0, psi[-1]), (psi[1:], psi[:-1][::-1], valid[:0:-1]))
-    a = jnp.concatenate([a0[None], a_s])
-    c = jnp.concatenate([c0[None], c_s])
-    b = jnp.concatenate([b_s[::-1], ones[None]])
-    d = jnp.concatenate([jnp.ones_like(c0)[None], d_s[::-1]])
-    return a, c, b, d
+class Chain(NamedTuple):
+    """The rescaled forward-backward pass of :func:`_forward_backward`, ``[N, T, ...]``.
+
+    ``psi``, ``m``, ``e_mat``, ``valid`` from :func:`_rescale`; ``rows`` ``[N, T, 2K + 2]``
+    from :func:`_scan`: row ``r`` holds the unnormalised ``Eᵀ a_{r-1}``,
+    ``E (ψ_{T-r} ⊙ b_{T-r})`` and their sums ``c_r``, ``d_{T-r}`` (row 0: ones, ones,
+    ``c_0 = Σ ψ_0``, 1). The normalised vectors are elementwise functions of the rows, the
+    same in the loop and here, so XLA fuses them into their consumers.
+    """
+
+    psi: jax.Array
+    m: jax.Array
+    e_mat: jax.Array
+    valid: jax.Array
+    rows: jax.Array
+    s: jax.Array | None = None  # s_t = Σ_k a_t(k) b_t(k) [N, T] (α_t · β_t over the scales)
+
+    @property
+    def num_tags(self) -> int:
+        return self.psi.shape[-1]
+
+    def c(self):
+        """Forward normalisers ``[N, T]``: ``c_0 = Σ ψ_0``, ``c_t = Σ_j (Eᵀ a_{t-1})(j)``."""
+        return self.rows[..., 2 * self.num_tags]
+
+    def a(self):
+        """Forward vectors ``[N, T, K]``: ``a_t = ψ_t ⊙ (Eᵀ a_{t-1}) / c_t``,
+        ``a_0 = ψ_0 / c_0`` (sums at most 1: ``ψ ≤ 1``)."""
+        return _forward(self.psi, self.rows, self.num_tags)
+
+    def d(self):
+        """Backward normalisers ``[N, T]``: ``d_t = Σ_i (E ψ_t b_t)(i)`` (1 at ``t = 0`` and
+        wherever position ``t`` is past the length)."""
+        d = jnp.where(self.valid[:, 1:], self.rows[:, :0:-1, 2 * self.num_tags + 1], 1)
+        return jnp.concatenate([jnp.ones_like(d[:, :1]), d], axis=1)
+
+    def b(self):
+        """Backward vectors ``[N, T, K]``: ``b_{t-1} = E (ψ_t ⊙ b_t) / d_t``, ones from each
+        sequence's last position on."""
+        return _backward(self.rows[:, ::-1], _next_valid(self.valid), self.num_tags)
+
+
+def _next_valid(valid):
+    """Whether position ``t + 1`` is valid, ``[N, T]``."""
+    return jnp.concatenate([valid[:, 1:], jnp.zeros_like(valid[:, :1])], axis=1)
+
+
+def _forward(psi, rows, k):
+    """``a = ψ ⊙ (Eᵀ a_prev) / c`` from (stacks of) rows of :func:`_scan`."""
+    return psi * (rows[..., :k] / rows[..., 2 * k : 2 * k + 1])
+
+
+def _backward(rows, after, k):
+    """``b = E (ψ b_next) / d``, or 1 where the next position (``after``) is not valid."""
+    return jnp.where(after[..., None], rows[..., k : 2 * k] / rows[..., 2 * k + 1 :], 1)
+
+
+def _scan(psi, e_mat, valid):
+    """The loop of the forward and backward recursions: one product and one row a step.
+
+    Step ``r`` normalises row ``r - 1`` into ``a_{r-1}`` and ``b_{T-r}``, multiplies
+    ``[a_{r-1}, ψ_{T-r} ⊙ b_{T-r}]`` by :func:`_step_matrix` (which also gives the sums
+    ``c_r`` and ``d_{T-r}``) and stores the product as row ``r``. The loop carries only
+    the rows and each step is one chain of kernels (row update, product, store): on
+    XLA:CPU a step costs its kernel launches, so it has as few as the recursion allows.
+    """
+    batch, num_steps, k = psi.shape
+    mat = _step_matrix(e_mat)
+    ones = jnp.ones((batch, k), psi.dtype)
+    first = jnp.concatenate([ones, ones, jnp.sum(psi[:, 0], axis=-1)[:, None], ones[:, :1]], 1)
+    rows = jnp.zeros((batch, num_steps, 2 * k + 2), psi.dtype).at[:, 0].set(first)
+    after = _next_valid(valid)
+
+    def step(r, rows):
+        at = lambda a, i: lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)  # noqa: E731
+        row = at(rows, r - 1)
+        a = _forward(at(psi, r - 1), row, k)
+        q = at(psi, num_steps - r) * _backward(row, at(after, num_steps - r), k)
+        y = _matmul(jnp.concatenate([a, q], axis=1), mat)
+        return lax.dynamic_update_index_in_dim(rows, y, r, axis=1)
+
+    return lax.fori_loop(1, num_steps, step, rows)
 
 
 def _forward_backward(x, g, start, end, lengths):
-    """The rescaled pass on ``x`` ``[N, T, K]``: log Z, the mass certificate, the pieces."""
-    xt = jnp.transpose(x, (1, 2, 0))
-    psi, m, e_mat, valid = _rescale(xt, g, start, end, lengths)
-    a, c, b, d = _forward_backward_scan(psi, e_mat, valid)
-    s = jnp.sum(a * b, axis=1)  # Σ_k a_t b_t, the same for all t in exact arithmetic
-    ratio = s[:-1] * d[1:] / (c[1:] * s[1:])
+    """The rescaled pass on ``x`` ``[N, T, K]``: log Z, the mass certificate, the chain.
+
+    ``log Z = Σ_t (m_t + log c_t) + log s_{L-1}`` (``b_{L-1} = 1``, so ``s_{L-1}`` is the
+    forward mass left at the last position). The identity
+    ``s_{t-1} d_t = c_t s_t`` (for any normalisers) certifies that no mass was lost.
+    """
+    psi, m, e_mat, valid = _rescale(x, g, start, end, lengths)
+    chain = Chain(psi, m, e_mat, valid, _scan(psi, e_mat, valid))
+    s = jnp.sum(chain.a() * chain.b(), axis=-1)
+    chain, c = chain._replace(s=s), chain.c()
+    ratio = s[:, :-1] * chain.d()[:, 1:] / (c[:, 1:] * s[:, 1:])
     tol = math.sqrt(float(jnp.finfo(x.dtype).eps))
-    ok = jnp.all(jnp.where(valid[1:], jnp.abs(ratio - 1) <= tol, True)) & jnp.all(
-        jnp.where(valid, (c > 0) & jnp.isfinite(s), True)
+    ok = jnp.all(jnp.where(valid[:, 1:], jnp.abs(ratio - 1) <= tol, True)) & jnp.all(
+        jnp.where(valid, (c > 0) & (s > 0) & jnp.isfinite(s), True)
     )
-    log_z = jnp.sum(jnp.where(valid, m + jnp.log(c), 0), axis=0)
-    return log_z, ok, (psi, e_mat, valid, a, c, b, s)
+    last = jnp.arange(x.shape[1]) == lengths[:, None] - 1
+    log_s = jnp.log(jnp.where(last, s, 1))
+    log_z = jnp.sum(jnp.where(valid, m + jnp.log(c), 0) + log_s, axis=1)
+    return log_z, ok, chain
 
 
-def _unary_and_weights(pieces):
-    """Tag marginals ``a_t b_t / s_t`` ``[T, K, N]`` and ``w_t = ψ_t b_t / (c_t s_t)``.
+def _unary_and_weights(chain: Chain):
+    """Tag marginals ``p_t = a_t b_t / s_t`` and ``w_t = ψ_t b_t / (c_t s_t)`` (0 at
+    ``t = 0``), ``[N, T, K]`` each, and ``a_{t-1}`` (0 at ``t = 0``).
 
     The pairwise marginal of ``(t-1, t)`` is ``a_{t-1}(i) E(i, j) w_t(j)``.
     """
-    psi, e_mat, valid, a, c, b, s = pieces
-    p = jnp.where(valid[:, None, :], a * b / s[:, None, :], 0)
-    w = psi[1:] * b[1:] / (c[1:] * s[1:])[:, None, :]
-    return p, jnp.where(valid[1:, None, :], w, 0)
+    a, b, c, s, valid = chain.a(), chain.b(), chain.c(), chain.s, chain.valid
+    p = jnp.where(valid[..., None], a * b / s[..., None], 0)
+    w = chain.psi * b / (c * s)[..., None]
+    w = jnp.where((valid & (jnp.arange(valid.shape[1]) > 0))[..., None], w, 0)
+    a_prev = jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], axis=1)
+    return p, w, a_prev
 
 
-def _pair_sums(pieces, w, out: str):
+def _pair_sums(chain: Chain, a_prev, w, out: str):
     """Pairwise marginals ``a_{t-1}(i) E(i, j) w_t(j)``, summed as the einsum output
-    ``out`` says (``"ij"``, ``"nij"`` or ``"ntij"``, from ``t``, ``i``, ``j`` and ``n``)."""
-    a, e_mat = pieces[3], pieces[1]
-    return e_mat * jnp.einsum(f"tin,tjn->{out}", a[:-1], w, precision=HIGHEST)
+    ``out`` says (``"ij"``, ``"nij"`` or ``"ntij"``, from ``n``, ``t``, ``i`` and ``j``)."""
+    return chain.e_mat * jnp.einsum(f"nti,ntj->{out}", a_prev, w, precision=HIGHEST)
 
 
 def _exact_log_z(x, g, start, end, lengths):
@@ -147,59 +233,65 @@ def _exact_log_z(x, g, start, end, lengths):
 
 @jax.custom_vjp
 def log_partition(x, g, start, end, lengths):
-    """``log Z`` ``[N]`` of ``x`` ``[N, T, K]`` (compact, zero past lengths)."""
-    return _log_partition_fwd(x, g, start, end, lengths)[0]
+    """``log Z`` ``[N]`` of ``x`` ``[N, T, K]`` (compact, zero past lengths).
+
+    Its gradient (tag marginals for ``x``, expected transition counts for ``g``) comes
+    from the marginals of :func:`marginals`, computed by the forward rule, so the
+    backward rule is elementwise and fuses with what the caller adds to the gradient.
+    """
+    fast_log_z, ok, _ = _forward_backward(x, g, start, end, lengths)
+    # The fast value is computed outside lax.cond; the branch only passes it through or
+    # runs the exact fallback.
+    return lax.cond(ok, lambda: fast_log_z, lambda: _exact_log_z(x, g, start, end, lengths))
 
 
 def _log_partition_fwd(x, g, start, end, lengths):
-    fast_log_z, ok, pieces = _forward_backward(x, g, start, end, lengths)
-    # The fast results are computed outside lax.cond (work inside a branch runs slower on
-    # XLA:CPU); the branch only passes them through or runs the exact fallback.
-    log_z = lax.cond(ok, lambda: fast_log_z, lambda: _exact_log_z(x, g, start, end, lengths))
-    return log_z, (x, g, start, end, lengths, pieces, ok, log_z)
+    log_z, unary, counts = marginals(x, g, start, end, lengths, pairs="counts", checkpoint=True)
+    return log_z, (lengths, log_z, unary, counts)
 
 
 def _log_partition_bwd(res, ct):
-    x, g, start, end, lengths, pieces, ok, log_z = res
+    lengths, log_z, unary, counts = res
     # Rows without a feasible path have zero gradients; NaN rows keep their NaN.
     ct = jnp.where(log_z == -jnp.inf, 0, ct)
-    p, w = _unary_and_weights(pieces)
-    p, w = p * ct, w * ct
-    d_g = _pair_sums(pieces, w, "ij")
-    last = jnp.arange(x.shape[1])[:, None] == lengths - 1
-    d_end = jnp.sum(jnp.where(last[:, None, :], p, 0), axis=(0, 2))
-    fast = (jnp.transpose(p, (2, 0, 1)), d_g, jnp.sum(p[0], axis=1), d_end)
-
-    def exact():
-        def total(x, g, start, end):
-            log_z = _exact_log_z(x, g, start, end, lengths)
-            return jnp.sum(jnp.where(log_z == -jnp.inf, 0, log_z * ct))
-
-        return jax.grad(total, argnums=(0, 1, 2, 3))(x, g, start, end)
-
-    return (*lax.cond(ok, lambda: fast, exact), None)
+    last = jnp.arange(unary.shape[1]) == lengths[:, None] - 1
+    weighted = unary * ct[:, None, None]
+    d_end = jnp.sum(jnp.where(last[..., None], weighted, 0), axis=(0, 1))
+    d_g = jnp.einsum("n,nij->ij", ct, counts, precision=HIGHEST)
+    return weighted, d_g, jnp.sum(weighted[:, 0], axis=0), d_end, None
 
 
 log_partition.defvjp(_log_partition_fwd, _log_partition_bwd)
 
 
-def marginals(x, g, start, end, lengths, *, pairs: str = "none"):
+def marginals(x, g, start, end, lengths, *, pairs: str = "none", checkpoint: bool = False):
     """``(log Z [N], unary [N, T, K], pairwise)`` with ``pairs`` one of ``"none"`` (None),
     ``"steps"`` (``[N, T, K, K]``, entry ``t`` the joint of ``t-1`` and ``t``) or
     ``"counts"`` (``[N, K, K]`` expected transition counts). Rows with a NaN input get NaN,
-    rows without a feasible path zeros."""
-    fast_log_z, ok, pieces = _forward_backward(x, g, start, end, lengths)
-    p, w = _unary_and_weights(pieces)
-    unary = jnp.transpose(p, (2, 0, 1))
-    if pairs == "steps":
-        xi = _pair_sums(pieces, w, "ntij")
-        pair = jnp.concatenate([jnp.zeros_like(xi[:, :1]), xi], axis=1)
-    elif pairs == "counts":
-        pair = _pair_sums(pieces, w, "nij")
-    else:
-        pair = None
-    exact = lambda: log_space_marginals(x, g, start, end, lengths, pairs=pairs)
-    return lax.cond(ok, lambda: (fast_log_z, unary, pair), exact)
+    rows without a feasible path zeros. ``checkpoint``: the exact fallback
+    rematerialises its scan (for long sequences)."""
+    fast_log_z, ok, chain = _forward_backward(x, g, start, end, lengths)
+
+    def fast():  # computed inside the branch: it writes the branch's outputs directly
+        p, w, a_prev = _unary_and_weights(chain)
+        pair = (
+            None
+            if pairs == "none"
+            else _pair_sums(chain, a_prev, w, {"steps": "ntij"}.get(pairs, "nij"))
+        )
+        return fast_log_z, p.reshape(-1), pair
+
+    def exact():
+        log_z, p, pair = log_space_marginals(
+            x, g, start, end, lengths, pairs=pairs, checkpoint=checkpoint
+        )
+        return log_z, p.reshape(-1), pair
+
+    # The marginals leave the branches flat: the log-space scan of the exact branch
+    # computes them in a [T, N, K] layout, and XLA would otherwise give the conditional's
+    # output that layout and make the fast branch transpose into it.
+    log_z, p, pair = lax.cond(ok, fast, exact)
+    return log_z, p.reshape(x.shape), pair
 
 
 def forward_log_weights(x, g, start, end, lengths):
@@ -211,12 +303,11 @@ def forward_log_weights(x, g, start, end, lengths):
     the row maxima of ``g`` and the end scores, ``lg = g - rowmax g``, ``le = 0``), or from
     the exact log-space scan where the rescaled pass lost mass.
     """
-    fast_log_z, ok, pieces = _forward_backward(x, g, start, end, lengths)
-    a, e_mat = pieces[3], pieces[1]
+    fast_log_z, ok, chain = _forward_backward(x, g, start, end, lengths)
     fast = (
         fast_log_z,
-        jnp.log(jnp.transpose(a, (0, 2, 1))),
-        jnp.log(e_mat),
+        jnp.log(jnp.swapaxes(chain.a(), 0, 1)),
+        jnp.log(chain.e_mat),
         jnp.zeros_like(end),
     )
 

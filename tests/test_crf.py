@@ -22,6 +22,7 @@ from flax_layers import (
     CRF,
     LinearChainCRF,
     _chain,
+    _maxplus,
     _ops,
     _scan,
     _semiring,
@@ -356,6 +357,65 @@ def test_unrolled_viterbi_equals_the_generic_max_semiring():
     best = _ops.top_k(inputs, holes=holes, k=1)
     np.testing.assert_array_equal(best[0][:, 0], generic[0])
     np.testing.assert_array_equal(best[1][:, 0], generic[1])
+
+
+@pytest.mark.parametrize("k", [7, 48])
+def test_unrolled_viterbi_never_reads_padding_and_covers_every_pointer_width(k):
+    """The tournament max-plus (odd K: unpaired players; K = UNROLL_MAX_TAGS: the widest
+    int8 back-pointers) on a right-padded batch whose padding holds NaN and 1e30, which
+    the unrolled loop reads unmasked, equals the generic max semiring (which sees zeros
+    there), ties and a forbidden transition included."""
+    assert k <= _maxplus.UNROLL_MAX_TAGS
+    rng = np.random.default_rng(31 + k)
+    b, t = 4, 9
+    em = np.round(2 * rng.normal(size=(b, t, k))).astype(np.float32)  # integers: ties
+    g = np.round(rng.normal(size=(k, k))).astype(np.float32)
+    g[0, 1] = -np.inf
+    lengths = np.array([9, 5, 1, 0])
+    mask = np.arange(t) < lengths[:, None]
+    padded = np.where(mask[..., None], em, np.nan).astype(np.float32)
+    padded[1, 6, 0] = 1e30
+    inputs, holes = _chain.validate("t", padded, g, mask=mask)
+    assert not holes
+    fast = _ops.argmax(inputs, holes=False, unrolled=True)
+    generic = _ops.argmax(inputs, holes=False, unrolled=False)
+    np.testing.assert_array_equal(fast[0], generic[0])
+    np.testing.assert_array_equal(fast[1], generic[1])
+    assert np.all(np.isfinite(np.asarray(fast[1])))
+
+
+def test_concrete_mask_stays_concrete_under_jit():
+    """A numpy mask closed over by a jitted function is still checked on the host (a
+    right-padded one takes the path without the compaction gather, tags are range-checked)
+    and gives the eager results; a mask passed as a jit argument is traced."""
+    em, g, start, end = _problem(32)
+    mask = np.arange(T) < LENGTHS[:, None]
+    holey = mask.copy()
+    holey[0, 1] = False
+    tags = np.random.default_rng(33).integers(0, K, (B, T))
+
+    def holes_in_jit(m, as_argument=False):
+        seen = []
+
+        def f(e, m):
+            seen.append(_chain.validate("t", e, g, mask=m)[1])
+            return e
+
+        if as_argument:
+            jax.jit(f)(em, m)
+        else:
+            jax.jit(lambda e: f(e, m))(em)
+        return seen[0]
+
+    assert holes_in_jit(mask) is False
+    assert holes_in_jit(holey) is True
+    assert holes_in_jit(mask, as_argument=True) is True
+    for m in (mask, holey):
+        jitted = jax.jit(lambda e, m=m: crf_log_likelihood(e, tags, g, m, start, end))(em)
+        eager = crf_log_likelihood(em, tags, g, jnp.asarray(m), start, end)
+        np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="tags at valid positions"):
+        jax.jit(lambda e: crf_log_likelihood(e, np.full((B, T), K), g, mask))(em)
 
 
 @pytest.mark.parametrize("semiring", [_semiring.Log(), _semiring.Max(), _semiring.KBest(3)])
