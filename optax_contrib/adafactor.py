@@ -1,7 +1,7 @@
 """AdaFactor: factored second-moment scaling and the full optimizer as an optax chain.
 
-The optimizer is :func:`adafactor`, a ``optax.chain`` of small building blocks that
-can also be used on their own:
+The optimizer is :func:`adafactor`: the ``optax.chain`` of small building blocks that
+can also be used on their own, run as one fused update with the chain's state:
 
 1. :func:`scale_by_factored_rms` -- ``u = g / sqrt(v̂)`` with the factored (rows +
    columns) or full second-moment estimate ``v̂``, statistics always in float32;
@@ -214,6 +214,221 @@ class ScaleByFactoredRmsState(NamedTuple):
     v: optax.Updates
 
 
+def _on_cpu() -> bool:
+    """Whether the computation is being built for CPU (the default backend)."""
+    return jax.default_backend() == "cpu"
+
+
+def _separate(*trees: Any) -> tuple[Any, ...]:
+    """The trees behind one ``optimization_barrier`` on CPU: distinct values for XLA.
+
+    A full-size expression (``g²``, ``g · rsqrt(R) · rsqrt(C)``) that feeds two
+    reductions, or a reduction and the final update, is one shared value to XLA:CPU,
+    which then materialises it in a fresh full-size buffer (as costly as another pass
+    over the tensor). Reading the inputs of each reduction through a barrier makes every
+    consumer recompute the expression inside its own fused loop instead. On other
+    backends (not measured) the trees are returned unchanged.
+    """
+    return jax.lax.optimization_barrier(trees) if _on_cpu() else trees
+
+
+class _Scaling(NamedTuple):
+    """How one leaf's gradient is scaled: ``u = g · rsqrt(row) [· rsqrt(col)]``.
+
+    Factored leaves: ``row`` is the row ratio ``R / mean(R)`` and ``col`` the column
+    statistics ``C`` (both small). Unfactored leaves: ``row`` is the full second moment
+    ``v`` and ``col`` is None.
+    """
+
+    row: jax.Array
+    col: jax.Array | None
+    update_sq_sum: jax.Array | None = None  # Σ u², when the statistics pass computed it
+
+
+def _rms_scaled(g: jax.Array, scaling: _Scaling | None) -> jax.Array:
+    """``u = g / sqrt(v̂)`` in the dtype of ``g``; zeros for untrained (integer) leaves."""
+    if scaling is None:
+        return jnp.zeros_like(g)
+    u = g.astype(_F32) * jax.lax.rsqrt(scaling.row)
+    if scaling.col is not None:
+        u = u * jax.lax.rsqrt(scaling.col)
+    return u.astype(g.dtype)
+
+
+# Row blocks of about this many float32 entries (1 MiB) stay in the caches between the
+# reductions that read them.
+_BLOCK_ENTRIES = 1 << 18
+
+
+def _use_row_blocks(g: jax.Array, row_axes: tuple[int, ...], col_axes: tuple[int, ...]) -> bool:
+    """Whether :func:`_factored_sums` reads ``g`` in row blocks (one pass) or whole.
+
+    Row blocks pay off for large tensors on CPU, where each whole-tensor reduction is a
+    separate pass over memory. They are not used on other backends (where they were not
+    measured), on a mesh (a loop over a tensor sharded across devices would gather it),
+    or when one row alone exceeds a block.
+    """
+    return (
+        len(row_axes) == 1
+        and len(col_axes) == 1
+        and g.size > _BLOCK_ENTRIES
+        and g.size // g.shape[row_axes[0]] <= _BLOCK_ENTRIES  # a block holds a row
+        and _on_cpu()
+        and jax.sharding.get_abstract_mesh().empty
+    )
+
+
+def _factored_sums(
+    g: jax.Array,
+    r: jax.Array,
+    beta: jax.Array,
+    eps: jax.Array,
+    row_axes: tuple[int, ...],
+    col_axes: tuple[int, ...],
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The new row statistics ``R``, the column means of ``g² + ε1`` and, when ``g`` is
+    read in row blocks, the column sums of ``g² / R`` (else None).
+
+    ``R ← max(β̂ R + (1 − β̂) · mean_over_cols(g² + ε1), tiny)`` (shape of ``r``); the
+    column means have the shape of the column statistics; so do the weighted column
+    sums ``Σ_rows g² / R``, from which the update RMS follows without another pass
+    (``Σ u² = Σ_cols mean(R) · Σ_rows(g² / R) / C``).
+
+    Small tensors: two reductions over ``g``, each recomputing ``g²``. Large ones on CPU
+    (:func:`_use_row_blocks`): one pass over ``g`` in blocks of rows; each block's ``g²``
+    stays in the caches for its row sums and, as one matrix product, its column sums
+    (plain and weighted).
+    """
+    tiny = jnp.finfo(_F32).tiny
+
+    def new_rows(r_old, row_sums):
+        return jnp.maximum(beta * r_old + (1.0 - beta) * row_sums, tiny)
+
+    if not _use_row_blocks(g, row_axes, col_axes):
+        (g_r, eps_r), (g_c, eps_c) = _separate((g, eps), (g, eps))
+        r = new_rows(
+            r, jnp.mean(jnp.square(g_r.astype(_F32)) + eps_r, axis=col_axes, keepdims=True)
+        )
+        col_means = jnp.mean(jnp.square(g_c.astype(_F32)) + eps_c, axis=row_axes, keepdims=True)
+        return r, col_means, None
+
+    (row_axis,), (col_axis,) = row_axes, col_axes
+    num_rows, num_cols = g.shape[row_axis], g.shape[col_axis]
+    block = max(1, min(num_rows, _BLOCK_ENTRIES * num_rows // g.size))
+    # einsum subscripts: K the stacked weights, the block's axes, the weights' axes (the
+    # block's without the column axis) and the sums' (without the row axis).
+    k, axes = g.ndim, list(range(g.ndim))
+    w_axes = [k] + [a for a in axes if a != col_axis]
+    out_axes = [k] + [a for a in axes if a != row_axis]
+
+    def block_sums(start, size, r_new, acc):
+        # The old statistics are only read and the new ones only written (no copies).
+        g2 = jnp.square(jax.lax.dynamic_slice_in_dim(g, start, size, row_axis).astype(_F32))
+        r_b = new_rows(
+            jax.lax.dynamic_slice_in_dim(r, start, size, row_axis),
+            jnp.sum(g2, axis=col_axis, keepdims=True) / num_cols + eps,
+        )
+        w = jnp.stack([jnp.ones_like(r_b), 1.0 / r_b])
+        sums = jnp.einsum(jnp.squeeze(w, col_axis + 1), w_axes, g2, axes, out_axes)
+        return jax.lax.dynamic_update_slice_in_dim(r_new, r_b, start, row_axis), acc + sums
+
+    carry = (jnp.zeros_like(r), jnp.zeros((2,) + _without(g.shape, row_axis), _F32))
+    num_blocks, tail = divmod(num_rows, block)
+    carry = jax.lax.fori_loop(
+        0, num_blocks, lambda i, carry: block_sums(i * block, block, *carry), carry
+    )
+    if tail:
+        carry = block_sums(num_blocks * block, tail, *carry)
+    r, acc = carry
+    acc = jnp.expand_dims(acc, row_axis + 1)  # the row axis back, of size 1
+    return r, acc[0] / num_rows + eps, acc[1]
+
+
+def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return tuple(n for i, n in enumerate(shape) if i != axis)
+
+
+def _update_rms(g: jax.Array, scaling: _Scaling | None) -> jax.Array:
+    """RMS of ``u = g / sqrt(v̂)`` (:func:`_rms_scaled`) without materialising ``u``.
+
+    From ``Σ u²`` when the statistics pass gave it, else by a reduction that recomputes
+    ``u`` from ``g`` (through its own barrier, see :func:`_separate`).
+    """
+    if scaling is not None and scaling.update_sq_sum is not None:
+        return jnp.sqrt(scaling.update_sq_sum / g.size)
+    return _rms32(_rms_scaled(*_separate(g, scaling)))
+
+
+def _second_moments(
+    updates: optax.Updates,
+    state: ScaleByFactoredRmsState,
+    *,
+    decay_rate: Any,
+    decay_offset: Any,
+    eps: Any,
+    with_update_sq: bool = False,
+) -> tuple[list[_Scaling | None], Any, ScaleByFactoredRmsState]:
+    """One step of the second-moment statistics of :func:`scale_by_factored_rms`.
+
+    Returns the per-leaf :class:`_Scaling` (None for integer/boolean leaves), the tree
+    structure of ``updates`` and the new state. With ``with_update_sq``, large float32
+    factored leaves also get ``Σ u²`` from the same pass over the gradient where
+    :func:`_factored_sums` reads it in row blocks. Raises ``ValueError`` for gradients
+    whose structure or leaf shapes differ from the parameters given to ``init``.
+    """
+    check_same_structure("updates", updates, state.v, "the parameters given to init")
+    count = optax.safe_increment(state.count)
+    t = count.astype(_F32) + jnp.asarray(decay_offset, _F32)
+    beta = 1.0 - jnp.maximum(t, 1.0) ** (-jnp.asarray(decay_rate, _F32))
+    eps32 = jnp.asarray(eps, _F32)
+    # Statistics and the row ratio are kept >= tiny: with a zero (or float16-underflowed)
+    # eps, or an all-zero row next to huge ones, rsqrt must not see 0 (0 · inf = NaN).
+    tiny = jnp.finfo(_F32).tiny
+
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    rows = treedef.flatten_up_to(state.v_row)
+    cols = treedef.flatten_up_to(state.v_col)
+    full = treedef.flatten_up_to(state.v)
+    scalings: list[_Scaling | None] = []
+    out_r, out_c, out_v = [], [], []
+    for (path, g), r, c, v in zip(leaves_with_path, rows, cols, full):
+        factored_leaf = np.ndim(r) > 0  # unfactored leaves have scalar placeholders
+        # A factored leaf's shape is recovered from its statistics (R has the column
+        # axis of size 1, C the row axis).
+        expected = tuple(map(max, r.shape, c.shape)) if factored_leaf else v.shape
+        if np.shape(g) != expected:
+            raise shape_error("updates", path, expected, np.shape(g), "the parameter")
+        if not jnp.issubdtype(g.dtype, jnp.inexact):  # integer/boolean leaf: not trained
+            scalings.append(None)
+        elif not factored_leaf:  # full second moment
+            g32 = g.astype(_F32)
+            v = jnp.maximum(beta * v + (1.0 - beta) * (jnp.square(g32) + eps32), tiny)
+            scalings.append(_Scaling(v, None))
+        else:  # factored: the reduced axes are those of size 1 in the statistics
+            col_axes = tuple(i for i in range(g.ndim) if r.shape[i] != g.shape[i])
+            row_axes = tuple(i for i in range(g.ndim) if c.shape[i] != g.shape[i])
+            r, col_means, weighted_sums = _factored_sums(g, r, beta, eps32, row_axes, col_axes)
+            c = jnp.maximum(beta * c + (1.0 - beta) * col_means, tiny)
+            r_mean = jnp.mean(r, axis=row_axes, keepdims=True)
+            r_ratio = jnp.maximum(r / r_mean, tiny)
+            # u² = g² · mean(R) / (R C): Σ u² = Σ_cols mean(R) / C · Σ_rows g² / R; taken
+            # only for float32 updates (others are rounded to their dtype before their RMS).
+            update_sq = None
+            if with_update_sq and weighted_sums is not None and g.dtype == _F32:
+                update_sq = jnp.sum(r_mean / c * weighted_sums)
+            scalings.append(_Scaling(r_ratio, c, update_sq))
+        out_r.append(r)
+        out_c.append(c)
+        out_v.append(v)
+    new_state = ScaleByFactoredRmsState(
+        count=count,
+        v_row=treedef.unflatten(out_r),
+        v_col=treedef.unflatten(out_c),
+        v=treedef.unflatten(out_v),
+    )
+    return scalings, treedef, new_state
+
+
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: float = 0.8,
@@ -340,56 +555,11 @@ def scale_by_factored_rms(
         params: optax.Params | None = None,
     ) -> tuple[optax.Updates, ScaleByFactoredRmsState]:
         del params
-        check_same_structure("updates", updates, state.v, "the parameters given to init")
-        count = optax.safe_increment(state.count)
-        t = count.astype(_F32) + jnp.asarray(decay_offset, _F32)
-        beta = 1.0 - jnp.maximum(t, 1.0) ** (-jnp.asarray(decay_rate, _F32))
-        eps32 = jnp.asarray(eps, _F32)
-        # Statistics and the row ratio are kept >= tiny: with a zero (or float16-underflowed)
-        # eps, or an all-zero row next to huge ones, rsqrt must not see 0 (0 · inf = NaN).
-        tiny = jnp.finfo(_F32).tiny
-
-        leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        rows = treedef.flatten_up_to(state.v_row)
-        cols = treedef.flatten_up_to(state.v_col)
-        full = treedef.flatten_up_to(state.v)
-        out_u, out_r, out_c, out_v = [], [], [], []
-        for (path, g), r, c, v in zip(leaves_with_path, rows, cols, full):
-            factored_leaf = np.ndim(r) > 0  # unfactored leaves have scalar placeholders
-            # A factored leaf's shape is recovered from its statistics (R has the column
-            # axis of size 1, C the row axis).
-            expected = tuple(map(max, r.shape, c.shape)) if factored_leaf else v.shape
-            if np.shape(g) != expected:
-                raise shape_error("updates", path, expected, np.shape(g), "the parameter")
-            if not jnp.issubdtype(g.dtype, jnp.inexact):  # integer/boolean leaf: not trained
-                u = jnp.zeros_like(g)
-            elif not factored_leaf:  # full second moment
-                g32 = g.astype(_F32)
-                g2 = jnp.square(g32) + eps32
-                v = jnp.maximum(beta * v + (1.0 - beta) * g2, tiny)
-                u = g32 * jax.lax.rsqrt(v)
-            else:  # factored: the reduced axes are those of size 1 in the statistics
-                g32 = g.astype(_F32)
-                g2 = jnp.square(g32) + eps32
-                col_axes = tuple(i for i in range(g.ndim) if r.shape[i] != g.shape[i])
-                row_axes = tuple(i for i in range(g.ndim) if c.shape[i] != g.shape[i])
-                r_new = jnp.mean(g2, axis=col_axes, keepdims=True)
-                c_new = jnp.mean(g2, axis=row_axes, keepdims=True)
-                r = jnp.maximum(beta * r + (1.0 - beta) * r_new, tiny)
-                c = jnp.maximum(beta * c + (1.0 - beta) * c_new, tiny)
-                r_ratio = jnp.maximum(r / jnp.mean(r, axis=row_axes, keepdims=True), tiny)
-                u = g32 * jax.lax.rsqrt(r_ratio) * jax.lax.rsqrt(c)
-            out_u.append(u.astype(g.dtype))
-            out_r.append(r)
-            out_c.append(c)
-            out_v.append(v)
-        new_state = ScaleByFactoredRmsState(
-            count=count,
-            v_row=treedef.unflatten(out_r),
-            v_col=treedef.unflatten(out_c),
-            v=treedef.unflatten(out_v),
+        scalings, treedef, new_state = _second_moments(
+            updates, state, decay_rate=decay_rate, decay_offset=decay_offset, eps=eps
         )
-        return treedef.unflatten(out_u), new_state
+        leaves = treedef.flatten_up_to(updates)
+        return treedef.unflatten(list(map(_rms_scaled, leaves, scalings))), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -400,6 +570,24 @@ def scale_by_factored_rms(
 def _rms32(x: jax.Array) -> jax.Array:
     """Root mean square of a whole tensor, computed in float32."""
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(_F32))))
+
+
+def _clipped(u: jax.Array, rms: jax.Array, threshold: jax.Array) -> jax.Array:
+    """``u / max(1, rms / d)`` in the dtype of ``u``."""
+    return (u.astype(_F32) / jnp.maximum(1.0, rms / threshold)).astype(u.dtype)
+
+
+def _param_scaled(u: jax.Array, param_rms: jax.Array, floor: jax.Array) -> jax.Array:
+    """``u · max(ε2, RMS(θ))`` in the dtype of ``u``."""
+    return (u.astype(_F32) * jnp.maximum(floor, param_rms)).astype(u.dtype)
+
+
+def _require_params(params: optax.Params | None) -> optax.Params:
+    if params is None:
+        raise ValueError(
+            "scale_by_param_rms needs the current parameters: call update(updates, state, params)."
+        )
+    return params
 
 
 def clip_by_update_rms(clipping_threshold: float = 1.0) -> optax.GradientTransformation:
@@ -430,11 +618,7 @@ def clip_by_update_rms(clipping_threshold: float = 1.0) -> optax.GradientTransfo
         del params
         d = jnp.asarray(clipping_threshold, _F32)
 
-        def clip(u):
-            denom = jnp.maximum(1.0, _rms32(u) / d)
-            return (u.astype(_F32) / denom).astype(u.dtype)
-
-        return jax.tree.map(clip, updates), state
+        return jax.tree.map(lambda u: _clipped(u, _rms32(u), d), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -515,18 +699,10 @@ def scale_by_param_rms(eps_scale: float = 1e-3) -> optax.GradientTransformation:
     check_number("eps_scale", eps_scale, low=0.0)
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "scale_by_param_rms needs the current parameters: call "
-                "update(updates, state, params)."
-            )
+        params = _require_params(params)
         check_same_shapes("params", params, updates, "the updates")
         floor = jnp.asarray(eps_scale, _F32)
-
-        def scale(u, p):
-            return (u.astype(_F32) * jnp.maximum(floor, _rms32(p))).astype(u.dtype)
-
-        return jax.tree.map(scale, updates, params), state
+        return jax.tree.map(lambda u, p: _param_scaled(u, _rms32(p), floor), updates, params), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -643,6 +819,14 @@ def adafactor(
     Integer and boolean leaves of the parameter tree are left untrained (zero update,
     no weight decay); see :func:`scale_by_factored_rms` for non-finite gradients.
 
+    The state is that of the ``optax.chain`` of the stages above, and ``update`` computes
+    the same values as the chain (the statistics bit for bit; the clipped updates of
+    large float32 tensors to a few ulps, their RMS being summed in another order),
+    arranged for XLA:CPU so that a jitted step reads the gradient and parameters in a
+    few fused passes and allocates no parameter-sized temporary (a large factored
+    tensor's statistics and update RMS take one pass over the gradient, in blocks of
+    rows); other backends get the chain's computation as it is.
+
     Args:
       learning_rate: constant or schedule ``α``; ``None`` for :func:`relative_step_size`.
       min_dim_size_to_factor: factor only tensors whose two factored axes both have
@@ -702,26 +886,78 @@ def adafactor(
             raise TypeError(f"`{name}` must be a Python bool, got {describe(flag)}.")
     if learning_rate is None:
         learning_rate = relative_step_size(multiply_by_parameter_scale)
-    tx = [
-        scale_by_factored_rms(
-            factored=factored,
-            decay_rate=decay_rate,
-            decay_offset=decay_offset,
-            min_dim_size_to_factor=min_dim_size_to_factor,
-            eps=eps,
-            factored_axes=factored_axes,
+    stages: list[tuple[str, optax.GradientTransformation]] = [
+        (
+            "rms",
+            scale_by_factored_rms(
+                factored=factored,
+                decay_rate=decay_rate,
+                decay_offset=decay_offset,
+                min_dim_size_to_factor=min_dim_size_to_factor,
+                eps=eps,
+                factored_axes=factored_axes,
+            ),
         )
     ]
     if clipping_threshold is not None:
-        tx.append(clip_by_update_rms(clipping_threshold))
+        stages.append(("clip", clip_by_update_rms(clipping_threshold)))
     if momentum is not None:
-        tx.append(momentum_ema(momentum))
+        stages.append(("momentum", momentum_ema(momentum)))
     if multiply_by_parameter_scale:
-        tx.append(scale_by_param_rms(eps_scale))
+        stages.append(("param_scale", scale_by_param_rms(eps_scale)))
     else:
         check_number("eps_scale", eps_scale, low=0.0)
-    tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    stages.append(("lr", optax.scale_by_learning_rate(learning_rate, flip_sign=False)))
     if weight_decay_rate is not None:
-        tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
-    tx.append(_descend_float_leaves())
-    return optax.chain(*tx)
+        stages.append(
+            ("weight_decay", optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+        )
+    stages.append(("descend", _descend_float_leaves()))
+    # The state is the chain's, and `update` computes what the chain computes, stage by
+    # stage, except for the whole-tensor reductions: on CPU the statistics and the update
+    # RMS of a large tensor come from one pass over the gradient in row blocks, and every
+    # other reduction reads its inputs through its own barrier (_separate). The
+    # reductions and the final update are then single fused passes over the gradient and
+    # parameters, with no full-size temporary in between.
+    chain = optax.chain(*(tx for _, tx in stages))
+
+    def update_fn(
+        updates: optax.Updates,
+        state: optax.OptState,
+        params: optax.Params | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, optax.OptState]:
+        del extra_args  # accepted like optax.chain does; no stage uses them
+        grads, scalings, treedef = None, None, None
+        new_states = []
+        for (kind, tx), stage_state in zip(stages, state):
+            if kind == "rms":
+                scalings, treedef, stage_state = _second_moments(
+                    updates,
+                    stage_state,
+                    decay_rate=decay_rate,
+                    decay_offset=decay_offset,
+                    eps=eps,
+                    with_update_sq=clipping_threshold is not None,
+                )
+                grads = treedef.flatten_up_to(updates)
+                updates = treedef.unflatten(list(map(_rms_scaled, grads, scalings)))
+            elif kind == "clip":  # RMS(u) recomputed from g inside its reduction
+                d = jnp.asarray(clipping_threshold, _F32)
+                rms = [_update_rms(g, s) for g, s in zip(grads, scalings)]
+                u_leaves = treedef.flatten_up_to(updates)
+                updates = treedef.unflatten(list(map(_clipped, u_leaves, rms, [d] * len(rms))))
+            elif kind == "param_scale":
+                params = _require_params(params)
+                check_same_shapes("params", params, updates, "the updates")
+                floor = jnp.asarray(eps_scale, _F32)
+                p_rms = [_rms32(*_separate(p)) for p in treedef.flatten_up_to(params)]
+                u_leaves = treedef.flatten_up_to(updates)
+                scaled = [_param_scaled(u, r, floor) for u, r in zip(u_leaves, p_rms)]
+                updates = treedef.unflatten(scaled)
+            else:
+                updates, stage_state = tx.update(updates, stage_state, params)
+            new_states.append(stage_state)
+        return updates, tuple(new_states)
+
+    return optax.GradientTransformationExtraArgs(chain.init, update_fn)

@@ -161,12 +161,18 @@ def _row_shape(mask: jax.Array, ndim: int) -> jax.Array:
     return mask.reshape(mask.shape + (1,) * (ndim - 1))
 
 
-def _unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
-    """Sorted distinct valid ids padded to ``len(ids)``, and the inverse index.
+def _unique_rows(
+    ids: jax.Array, num_rows: int, with_inverse: bool = True
+) -> tuple[jax.Array, jax.Array | None]:
+    """Sorted distinct valid ids padded to ``len(ids)``, and the inverse index (or None).
 
-    Ids outside ``[0, num_rows)`` (e.g. ``-1`` padding) and the padding added by
-    ``jnp.unique`` are mapped to ids ``>= num_rows``, which gathers read as zeros
-    and scatters drop.
+    Ids outside ``[0, num_rows)`` (e.g. ``-1`` padding) are dropped; the padding is
+    ``num_rows + k`` at position ``k`` (distinct, so the result stays sorted and unique),
+    ids that gathers read as zeros and scatters drop. ``inverse[j]`` is the position of
+    ``ids[j]`` in the result, or ``len(ids)`` (out of range) for a dropped id.
+
+    One sort of the ids alone (a sort carrying the positions along, as ``jnp.unique``'s
+    inverse needs, costs several times more on CPU); the inverse is a binary search.
     """
     n = ids.shape[0]
     if num_rows + n > _INDEX_LIMIT:
@@ -174,15 +180,21 @@ def _unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
     if ids.dtype.itemsize < 4:
         ids = ids.astype(_INDEX_DTYPE)
     if _explicit_spec(ids) is not None:
-        # Ids straight from a batch sharded over explicit mesh axes: the sort inside
-        # jnp.unique needs the whole id list on every device (a few KB).
+        # Ids straight from a batch sharded over explicit mesh axes: the sort needs the
+        # whole id list on every device (a few KB).
         ids = jax.sharding.reshard(ids, jax.sharding.PartitionSpec())
     valid = (ids >= 0) & (ids < num_rows)
     ids = jnp.where(valid, ids, num_rows).astype(_INDEX_DTYPE)
-    uids, inverse = jnp.unique(ids, size=n, fill_value=num_rows, return_inverse=True)
-    # Distinct padding (num_rows, num_rows + 1, ...) keeps uids sorted and unique.
-    uids = jnp.where(uids < num_rows, uids, num_rows + jnp.arange(n, dtype=_INDEX_DTYPE))
-    return uids, inverse.reshape(n)
+    sorted_ids = jnp.sort(ids)
+    first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+    head = first & (sorted_ids < num_rows)  # the first of each run of a valid id
+    rank = jnp.cumsum(head, dtype=_INDEX_DTYPE) - 1
+    padding = num_rows + jnp.arange(n, dtype=_INDEX_DTYPE)
+    uids = padding.at[jnp.where(head, rank, n)].set(sorted_ids, mode="drop")
+    if not with_inverse:
+        return uids, None
+    inverse = jnp.where(valid, rank[jnp.searchsorted(sorted_ids, ids)], n)
+    return uids, inverse
 
 
 def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
@@ -250,7 +262,7 @@ def _plan_leaf(g: Any, p: Any, is_lazy: bool, ids: jax.Array | None, sparse_ok: 
         touched = jnp.zeros((num_rows,), bool)
         grad = jnp.zeros_like(p, g.dtype) if gathered else jnp.zeros_like(g)
         return _Plan("dense", grad, p, table_shape, touched=touched)
-    uids, inverse = _unique_rows(ids, num_rows)
+    uids, inverse = _unique_rows(ids, num_rows, with_inverse=gathered)
     if gathered:
         g_rows = jax.ops.segment_sum(g, inverse, num_segments=ids.shape[0])
     else:
@@ -357,7 +369,7 @@ def lazy(
     static under ``jax.jit``.
 
     Sparse path: with ``row_ids``, ``policy="frozen"`` and ``elementwise=True``,
-    the rows are de-duplicated (``jnp.unique`` with a static size), the gradient,
+    the rows are de-duplicated (one sort of the ids, static size), the gradient,
     parameter and per-parameter state rows are gathered, ``inner.update`` runs on
     those rows only (scalar state leaves stay global) and the results are
     scattered back; the update is zero elsewhere. ``elementwise=True`` declares

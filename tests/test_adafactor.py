@@ -216,6 +216,126 @@ def test_named_axes_rank4_numpy():
         _assert_trees_close(a, b, rtol=2e-5, atol=1e-7)
 
 
+# --------------------------------------------------------------------------- fused update
+# adafactor() computes what the chain of its building blocks computes, as one fused update
+# with the chain's state. On CPU, tensors of more than 2**18 entries are reduced in blocks
+# of rows (one pass over the gradient): BIG's first two leaves take that path (with a
+# partial last block), the others the whole-tensor reductions.
+
+BIG = {"big": (520, 510), "t": (2, 400, 330), "w": (256, 128), "b": (48,)}
+
+
+def _chain(
+    learning_rate,
+    *,
+    clipping_threshold=1.0,
+    momentum=None,
+    multiply_by_parameter_scale=True,
+    weight_decay_rate=None,
+):
+    """adafactor() spelled out as an optax.chain of the public building blocks."""
+    tx = [scale_by_factored_rms()]
+    if clipping_threshold is not None:
+        tx.append(clip_by_update_rms(clipping_threshold))
+    if momentum is not None:
+        tx.append(momentum_ema(momentum))
+    if multiply_by_parameter_scale:
+        tx.append(scale_by_param_rms())
+    tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if weight_decay_rate is not None:
+        tx.append(optax.add_decayed_weights(weight_decay_rate))
+    tx.append(optax.scale(-1.0))
+    return optax.chain(*tx)
+
+
+def _assert_close_to_scale(a, b):
+    """Within a few ulps of the dtype, relative to the largest entry (terms such as the
+    momentum or the weight decay may cancel in single entries)."""
+    rtol = 2.0**-7 if b.dtype == jnp.bfloat16 else 1e-6
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(initial=0.0))
+
+
+def test_row_blocked_statistics_match_optax():
+    params = _tree(jax.random.key(11), BIG, scale=0.1)
+    grads = _grads_seq(3, BIG)
+    ours, ours_state = _run(adafactor(0.01), params, grads)
+    peer, peer_state = _run(optax.adafactor(0.01), params, grads)
+    for a, b in zip(ours, peer):
+        _assert_trees_close(a, b)
+    ours_rms, peer_rms = ours_state[0], peer_state[0]
+    for name, axes in (("big", (1, 0)), ("t", (2, 1))):
+        np.testing.assert_allclose(
+            ours_rms.v_row[name].squeeze(axes[0]), peer_rms.v_col[name], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            ours_rms.v_col[name].squeeze(axes[1]), peer_rms.v_row[name], rtol=1e-6
+        )
+
+
+def test_row_blocked_reversed_axes_numpy():
+    """Row axis after the column axis (factored_axes=(1, 0)), against the float64 spec."""
+    shapes = {"m": (500, 640)}
+    params = _tree(jax.random.key(12), shapes, scale=0.1)
+    grads = _grads_seq(3, shapes)
+    ours, state = _run(adafactor(0.01, factored_axes=(1, 0)), params, grads)
+    assert state[0].v_row["m"].shape == (1, 640) and state[0].v_col["m"].shape == (500, 1)
+    expected = _np_adafactor(params, grads, lr=0.01, axes_fn=lambda s, m: (1, 0))
+    for a, b in zip(ours, expected):
+        _assert_trees_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+def test_fused_update_matches_the_chain_of_building_blocks():
+    """Every stage (clipping, momentum, parameter scale, relative step, weight decay):
+    same state structure; from the same state, the same statistics (bit for bit) and
+    updates and momentum within a few ulps (the update RMS of the clipping is summed in
+    another order), float32 and bf16 leaves alike."""
+    shapes = dict(BIG, half=(520, 510))
+    params = _tree(jax.random.key(13), shapes, scale=0.1)
+    params["half"] = params["half"].astype(jnp.bfloat16)
+    grads = _grads_seq(3, shapes)
+    for g in grads:
+        g["half"] = g["half"].astype(jnp.bfloat16)
+    fused = adafactor(momentum=0.9, weight_decay_rate=1e-3)
+    chain = _chain(relative_step_size(), momentum=0.9, weight_decay_rate=1e-3)
+    state = chain.init(params)
+    assert jax.tree.structure(fused.init(params)) == jax.tree.structure(state)
+    fused_update, chain_update = jax.jit(fused.update), jax.jit(chain.update)
+    for g in grads:
+        u_fused, s_fused = fused_update(g, state, params)
+        u_chain, state = chain_update(g, state, params)
+        assert jax.tree.structure(s_fused) == jax.tree.structure(state)
+        for a, b in zip(jax.tree.leaves(s_fused[0]), jax.tree.leaves(state[0])):
+            np.testing.assert_array_equal(a, b)
+        jax.tree.map(_assert_close_to_scale, s_fused, state)  # momentum
+        jax.tree.map(_assert_close_to_scale, u_fused, u_chain)
+        params = optax.apply_updates(params, u_chain)
+
+
+def test_fused_step_has_no_full_size_temporaries():
+    """A jitted step with donated parameters and state allocates no temporary of a
+    parameter's size: each reduction and the final update read the gradient in their own
+    fused pass (the chain of building blocks materialises u = g / sqrt(v̂) for its RMS)."""
+    shapes = {"embed": (2048, 512), "w": (512, 256), "b": (512,)}
+    params = _tree(jax.random.key(14), shapes)
+    grads = _tree(jax.random.key(15), shapes)
+
+    def temp_bytes(tx):
+        def step(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads)
+        analysis = lowered.compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("no memory analysis on this backend")
+        return analysis.temp_size_in_bytes
+
+    embed_bytes = params["embed"].nbytes
+    assert temp_bytes(_chain(0.01)) >= embed_bytes
+    assert temp_bytes(adafactor(0.01)) < embed_bytes // 2
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     shape=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=1, max_size=3),
