@@ -1,8 +1,9 @@
 """Records benchmark output and writes it into the README, so no figure is copied by hand.
 
-``python -m benchmarks.readme NAME [NAME ...] [-- ARGS]`` runs ``python -m benchmarks.NAME``
-in a fresh process, saves what it prints to ``benchmarks/results/NAME.md`` under a line
-saying when, on what machine and by which command it was measured, and then rewrites the
+``python -m benchmarks.readme NAME [NAME ...] [--readme-only] [-- ARGS]`` runs
+``python -m benchmarks.NAME ARGS`` in a fresh process, saves what it prints to
+``benchmarks/results/NAME.md`` under a line saying when, on what machine and by which
+command it was measured, and then rewrites the
 README section between ``<!-- benchmarks:NAME:begin -->`` and
 ``<!-- benchmarks:NAME:end -->`` with that file. ``--readme-only`` skips the runs and
 only copies the recorded files into the README. ``tests/test_benchmarks_readme.py``
@@ -106,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", help="benchmark modules, e.g. crf optimizers")
     parser.add_argument("--readme-only", action="store_true", help="do not run; copy only")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="after --: benchmark args")
-    ns, extra = parser.parse_known_args(argv)
-    args = [a for a in [*ns.args, *extra] if a != "--"]
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after "--" goes to the benchmarks: NAME ... -- --quick
+    cut = argv.index("--") if "--" in argv else len(argv)
+    ns = parser.parse_args(argv[:cut])
+    args = argv[cut + 1 :]
     if not ns.readme_only:
         for name in ns.names:
             record(name, args)
