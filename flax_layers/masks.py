@@ -21,7 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_layers._compat import renamed_arguments
-from flax_layers._ids import any_rows, bad_rows, check_ids, is_concrete, poison, safe_ids
+from flax_layers._ids import (
+    any_rows,
+    bad_rows,
+    check_ids,
+    check_int,
+    is_concrete,
+    poison,
+    safe_ids,
+)
 
 __all__ = [
     "bidirectional_mask",
@@ -43,11 +51,6 @@ __all__ = [
 def _check_rank(name: str, x, rank: int, layout: str) -> None:
     if jnp.ndim(x) != rank:
         raise ValueError(f"{name} must have rank {rank} ({layout}), got shape {jnp.shape(x)}.")
-
-
-def _check_int(name: str, x) -> None:
-    if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {jnp.result_type(x)}.")
 
 
 def _check_seq_len(seq_len: int) -> int:
@@ -78,7 +81,7 @@ def padding_mask(ids: jax.Array, pad_token_id: int = 0) -> jax.Array:
       Array([[1, 1, 0]], dtype=int32)
     """
     _check_rank("ids", ids, 2, "[batch, seq]")
-    _check_int("ids", ids)
+    check_int("padding_mask", "ids", ids)
     return (jnp.asarray(ids) != pad_token_id)[:, None, None, :]
 
 
@@ -103,7 +106,7 @@ def padding_mask_from_lengths(lengths: jax.Array, seq_len: int) -> jax.Array:
              [1, 1, 1, 0]], dtype=int32)
     """
     _check_rank("lengths", lengths, 1, "[batch]")
-    _check_int("lengths", lengths)
+    check_int("padding_mask_from_lengths", "lengths", lengths)
     seq_len = _check_seq_len(seq_len)
     return (jnp.arange(seq_len)[None, :] < jnp.asarray(lengths)[:, None])[:, None, None, :]
 
@@ -224,7 +227,7 @@ def unilm_mask(segment_ids: jax.Array) -> jax.Array:
              [1, 1, 1, 1]], dtype=int32)
     """
     _check_rank("segment_ids", segment_ids, 2, "[batch, seq]")
-    _check_int("segment_ids", segment_ids)
+    check_int("unilm_mask", "segment_ids", segment_ids)
     if is_concrete(segment_ids):
         _validate_segments(segment_ids)
     c = jnp.cumsum(jnp.asarray(segment_ids), axis=1)
@@ -258,7 +261,7 @@ def prefix_lm_mask(prefix_length: jax.Array, seq_len: int) -> jax.Array:
              [1, 1, 1, 1]], dtype=int32)
     """
     _check_rank("prefix_length", prefix_length, 1, "[batch]")
-    _check_int("prefix_length", prefix_length)
+    check_int("prefix_lm_mask", "prefix_length", prefix_length)
     seq_len = _check_seq_len(seq_len)
     idx = jnp.arange(seq_len)
     in_prefix = idx[None, :] < jnp.asarray(prefix_length)[:, None]  # [B, K]
@@ -298,7 +301,7 @@ def random_order_mask(order: jax.Array) -> jax.Array:
         raise ValueError(
             f"order must have rank 1 or 2 ([seq] or [batch, seq]), got {jnp.shape(order)}."
         )
-    _check_int("order", order)
+    check_int("random_order_mask", "order", order)
     if is_concrete(order):
         o = np.asarray(order).reshape(-1, np.shape(order)[-1])
         expected = np.arange(o.shape[-1])
@@ -322,11 +325,7 @@ def _check_example_ids(fn: str, example_ids) -> jax.Array:
         raise ValueError(
             f"{fn}: `example_ids` must have shape [batch, seq], got {jnp.shape(example_ids)}."
         )
-    if not jnp.issubdtype(jnp.result_type(example_ids), jnp.integer):
-        raise TypeError(
-            f"{fn}: `example_ids` must be an integer array (0 = padding, 1, 2, ... the "
-            f"examples of a row), got dtype {jnp.result_type(example_ids)}."
-        )
+    check_int(fn, "example_ids", example_ids)
     if is_concrete(example_ids):
         e = np.asarray(example_ids)
         if e.size and e.min() < 0:
@@ -584,7 +583,7 @@ def seq2seq_loss(
         raise TypeError(f"{fn}: `logits` must be floating, got dtype {jnp.result_type(logits)}.")
     _check_rank("ids", ids, 2, "[batch, seq]")
     _check_rank("segment_ids", segment_ids, 2, "[batch, seq]")
-    _check_int("ids", ids)
+    check_int("seq2seq_loss", "ids", ids)
     if jnp.shape(ids) != jnp.shape(logits)[:2] or jnp.shape(segment_ids) != jnp.shape(ids):
         raise ValueError(
             "logits [batch, seq, vocab], ids and segment_ids [batch, seq] must agree, got "
