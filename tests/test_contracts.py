@@ -26,12 +26,10 @@ import pathlib
 import re
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
@@ -52,15 +50,15 @@ from flax_layers import (
     unilm_mask,
 )
 from optax_contrib import (
-    adafactor,
-    lazy,
-    lookahead,
-    lookahead_slow_params,
     multilabel_categorical_crossentropy,
     multilabel_predict,
     multilabel_probabilities,
     sparse_multilabel_categorical_crossentropy,
 )
+from tests import test_adafactor as adafactor_tests
+from tests import test_lazy as lazy_tests
+from tests import test_lookahead as lookahead_tests
+from tests import test_transform_matrix as matrix_tests
 from tests.chain_reference import Brute
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
@@ -695,24 +693,33 @@ def masks_layouts_and_shapes(seg, shapes, seed):
 
 
 # --------------------------------------------------------------------------- optimizers
+# The optimizer contracts are checked by the tests of each transform; a row runs them.
 
 
-def _optimizers():
-    """The three transforms with an elementwise inner optimizer, on a small tree."""
-    return {
-        "adafactor": adafactor(learning_rate=1e-2, min_dim_size_to_factor=4),
-        "lookahead(adam)": lookahead(optax.adam(1e-2), sync_period=2),
-        "lazy(adam)": lazy(optax.adam(1e-2), mask={"table": True, "w": False, "b": False}),
-    }
+PARAM = type(pytest.param(None))
 
 
-def _opt_params():
-    rng = np.random.default_rng(0)
-    return {
-        "table": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
-        "w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
-        "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
-    }
+def run_test(fn: Callable[..., None]) -> None:
+    """Runs a test function over every combination of its ``parametrize`` marks.
+
+    Hypothesis tests run their own search when called without arguments.
+    """
+    combos: list[dict] = [{}]
+    for mark in reversed(getattr(fn, "pytestmark", [])):
+        if mark.name != "parametrize":
+            continue
+        names, values = mark.args[0], mark.args[1]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        expanded = []
+        for value in values:
+            if isinstance(value, PARAM):
+                value = value.values
+            elif len(names) == 1:
+                value = (value,)
+            expanded += [{**c, **dict(zip(names, value))} for c in combos]
+        combos = expanded
+    for kwargs in combos:
+        fn(**kwargs)
 
 
 @contract(
@@ -722,34 +729,12 @@ def _opt_params():
     "other entry and leaf is finite and equal to the run without the non-finite values.",
 )
 def optimizer_nonfinite_gradients():
-    params = _opt_params()
-    txs = _optimizers()
-    steps = {name: jax.jit(tx.update) for name, tx in txs.items()}
-
-    @FEW
-    @given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(txs)))
-    def check(seed, name):
-        rng = np.random.default_rng(seed)
-        clean = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
-        leaf = rng.choice(sorted(params))
-        bad = dict(clean)
-        bad[leaf] = _inject(rng, clean[leaf], 0.3).astype(np.float32)
-        hit = ~np.isfinite(bad[leaf])
-        if not hit.any():
-            bad[leaf].flat[0], hit.flat[0] = NAN, True
-        state = txs[name].init(params)
-        got, _ = steps[name](bad, state, params)
-        want, _ = steps[name](clean, state, params)
-        assert not np.isfinite(np.asarray(got[leaf])[hit]).any()
-        if name == "adafactor":  # the update RMS clipping spreads it over the tensor
-            assert not np.isfinite(np.asarray(got[leaf])).any()
-        else:
-            np.testing.assert_array_equal(np.asarray(got[leaf])[~hit], np.asarray(want[leaf])[~hit])
-        for other in params:
-            if other != leaf:
-                np.testing.assert_array_equal(np.asarray(got[other]), np.asarray(want[other]))
-
-    check()
+    for check in (
+        adafactor_tests.test_nonfinite_gradients_give_nonfinite_updates,
+        lookahead_tests.test_nonfinite_gradients_give_nonfinite_updates,
+        lazy_tests.test_nonfinite_gradients_give_nonfinite_updates,
+    ):
+        run_test(check)
 
 
 @contract(
@@ -760,15 +745,8 @@ def optimizer_nonfinite_gradients():
     "(5,). ```).",
 )
 def optimizer_mismatched_gradients():
-    params = _opt_params()
-    for name, tx in _optimizers().items():
-        state = tx.init(params)
-        grads = dict(params, w=jnp.ones((5,), jnp.float32))
-        with pytest.raises(ValueError, match=r"\['w'\].*\(5, 4\).*\(5,\)") as err:
-            tx.update(grads, state, params)
-        assert "updates" in str(err.value), name
-        with pytest.raises(ValueError, match="tree structure"):
-            tx.update({"w": params["w"], "b": params["b"]}, state, params)
+    for module in (adafactor_tests, lookahead_tests, lazy_tests):
+        run_test(module.test_mismatched_gradients_raise_clear_errors)
 
 
 @contract(
@@ -779,14 +757,9 @@ def optimizer_mismatched_gradients():
     "'5'. ```).",
 )
 def optimizer_bad_hyperparameters():
-    with pytest.raises(TypeError, match=r"`sync_period` must be an integer.*got str '5'"):
-        lookahead(optax.sgd(0.1), sync_period="5")
-    with pytest.raises(TypeError, match=r"`decay_rate` must be a real number.*got str '0.8'"):
-        adafactor(decay_rate="0.8")
-    with pytest.raises(ValueError, match=r"`slow_step_size` must be a number in \(0, 1\], got 1.5"):
-        lookahead(optax.sgd(0.1), slow_step_size=1.5)
-    with pytest.raises(ValueError, match=r"`sync_period` must be an integer >= 1, got 0"):
-        lookahead(optax.sgd(0.1), sync_period=0)
+    for module in (adafactor_tests, lookahead_tests):
+        run_test(module.test_bad_argument_types_raise_at_construction)
+        run_test(module.test_bad_arguments_raise)
 
 
 @contract(
@@ -796,19 +769,7 @@ def optimizer_bad_hyperparameters():
     "`static_args=('min_dim_size_to_factor',)`; with it, the value cannot change later.",
 )
 def optimizer_structural_hyperparameters():
-    params = _opt_params()
-    with pytest.raises(TypeError, match=r"static_args=\('min_dim_size_to_factor',\)"):
-        optax.inject_hyperparams(adafactor)(learning_rate=1e-2).init(params)
-    tx = optax.inject_hyperparams(adafactor, static_args=("min_dim_size_to_factor",))(
-        learning_rate=1e-2, min_dim_size_to_factor=4
-    )
-    state = tx.init(params)
-    assert "min_dim_size_to_factor" not in state.hyperparams
-    got, _ = tx.update(params, state, params)
-    want, _ = adafactor(learning_rate=1e-2, min_dim_size_to_factor=4).update(
-        params, adafactor(learning_rate=1e-2, min_dim_size_to_factor=4).init(params), params
-    )
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    run_test(adafactor_tests.test_structural_args_cannot_be_injected)
 
 
 @contract(
@@ -819,14 +780,8 @@ def optimizer_structural_hyperparameters():
     "… for the lazy parameter …`, at `init`.",
 )
 def lazy_misuse():
-    params = {"table": jnp.ones((12, 3), jnp.float32)}
-    tx = lazy(optax.adam(1e-2), policy="frozen", elementwise=True)
-    state = tx.init(params)
-    rows = {"table": jnp.ones((2, 3), jnp.float32)}
-    with pytest.raises(ValueError, match="row_ids need the parameters"):
-        tx.update(rows, state, row_ids={"table": jnp.array([1, 4])})
-    with pytest.raises(ValueError, match=r"elementwise=True, but the inner state .*\(12, 3\)"):
-        lazy(adafactor(min_dim_size_to_factor=2), elementwise=True).init(params)
+    run_test(lazy_tests.test_row_ids_without_params_raise)
+    run_test(lazy_tests.test_elementwise_declared_for_factored_inner_raises)
 
 
 @contract(
@@ -835,34 +790,8 @@ def lazy_misuse():
     "Works; parameters, slow weights and the reset inner state equal `optax.lookahead`'s.",
 )
 def wrappers_accept_python_scalar_state():
-    class ScalarState(NamedTuple):
-        flag: bool
-        count: int
-        scale: float
-
-    inner = optax.GradientTransformation(
-        lambda p: ScalarState(True, 0, 1.0),
-        lambda u, s, p=None: (jax.tree.map(lambda g: -0.1 * g, u), s),
-    )
-    params = {"w": jnp.arange(4.0)}
-    grads = {"w": jnp.ones(4)}
-    ours = lookahead(inner, sync_period=2, slow_step_size=0.5, reset_state=True)
-    peer = optax.lookahead(inner, sync_period=2, slow_step_size=0.5, reset_state=True)
-    p_ours, s_ours = params, ours.init(params)
-    p_peer = optax.LookaheadParams.init_synced(params)
-    s_peer = peer.init(p_peer)
-    for _ in range(5):
-        u, s_ours = jax.jit(ours.update)(grads, s_ours, p_ours)
-        p_ours = optax.apply_updates(p_ours, u)
-        u, s_peer = peer.update(grads, s_peer, p_peer)
-        p_peer = optax.apply_updates(p_peer, u)
-    np.testing.assert_allclose(p_ours["w"], p_peer.fast["w"], rtol=1e-6)
-    np.testing.assert_allclose(
-        lookahead_slow_params(s_ours, p_ours)["w"], p_peer.slow["w"], rtol=1e-6
-    )
-    tx = lazy(inner, mask=True)
-    u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    np.testing.assert_allclose(u["w"], -0.1 * np.ones(4))
+    run_test(lookahead_tests.test_python_scalar_inner_state_matches_optax)
+    run_test(matrix_tests.test_python_scalar_inner_state)
 
 
 # --------------------------------------------------------------------------- tests
