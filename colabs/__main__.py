@@ -25,8 +25,11 @@ the ``optax-flax-contrib`` package.
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -118,6 +121,67 @@ def run_notebook(
             summary = {}
     ok = returncode == 0 and bool(summary)
     return Result(name, ok, seconds, summary, returncode, log_path)
+
+
+RESULTS_DIR = COLABS_DIR / "results"
+"""Where a full-size run's record is kept (tracked): ``results/NAME.json``."""
+
+
+def machine() -> str:
+    """One line naming this machine's CPU count and the main package versions."""
+    versions = []
+    for package in ("jax", "flax", "optax"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return (
+        f"{os.cpu_count()} {platform.machine()} CPU cores, Python {platform.python_version()}, "
+        + ", ".join(versions)
+    )
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit (``+dirty`` when tracked files differ), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def record_full(result: Result, results_dir: Path = RESULTS_DIR) -> Path:
+    """Write the record of a successful full-size run to ``results_dir/NAME.json``.
+
+    The record holds the notebook's ``summary.json``, the wall time of the run, the date,
+    the machine and the commit; ``python -m colabs --readme`` renders the README's
+    full-size table and each notebook's closing cell from it.
+    """
+    if not result.ok or result.summary.get("quick") is not False:
+        raise ValueError(f"{result.name}: only a successful full-size run is recorded")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": result.name,
+        "mode": "full",
+        "wall_s": round(result.seconds, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "commit": _commit(results_dir.parent.parent),
+        "summary": result.summary,
+    }
+    path = results_dir / f"{result.name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def format_value(value: object) -> str:
@@ -257,6 +321,8 @@ def main(argv: list[str] | None = None, colabs_dir: Path = COLABS_DIR) -> int:
         )
         results.append(result)
         print(format_line(result, width), flush=True)
+        if args.full and result.ok:
+            print(f"  recorded {record_full(result, colabs_dir / 'results').relative_to(root)}")
         if not result.ok and not args.verbose:
             print(f"  --- last lines of {result.log} ---\n{_tail(result.log)}", flush=True)
     failed = [r.name for r in results if not r.ok]
