@@ -252,9 +252,10 @@ def make_trainer(tx, use_ids, seed):
 def eval_params(graphdef, state, slow):
     """The parameters to evaluate: the model's, or Lookahead's slow weights."""
     model, optimizer = nnx.merge(graphdef, state)
-    if slow:
-        return nnx.as_pure(lookahead_slow_params(optimizer.opt_state))
-    return nnx.as_pure(nnx.state(model, nnx.Param))
+    params = nnx.as_pure(nnx.state(model, nnx.Param))
+    if slow:  # right after a synchronisation step the slow weights are the parameters
+        return nnx.as_pure(lookahead_slow_params(optimizer.opt_state, params))
+    return params
 
 
 # %% [markdown]
