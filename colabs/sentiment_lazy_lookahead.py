@@ -95,6 +95,9 @@ LEARNING_RATE = 3e-3  # AdamW and its wrappers (AdaFactor uses its relative step
 WEIGHT_DECAY = 0.1  # decoupled, AdamW convention: each step multiplies θ by 1 - lr * wd
 INIT_STD = 0.1  # embedding initialisation N(0, 0.1²)
 LOOKAHEAD_K, LOOKAHEAD_ALPHA = 5, 0.5  # sync period and slow step size (the paper's defaults)
+# How much farther AdamW must move the rows seen once than Lazy(AdamW), frozen: the gap narrows
+# with every pass over the data (measured 6.7x after 2 epochs, 1.6x after 6).
+MIN_ONCE_DRIFT_RATIO = 2.0 if QUICK else 1.3
 
 # %%
 import collections
@@ -456,7 +459,14 @@ fig.savefig(OUT / "accuracy_and_drift.png", dpi=120)
 # * **Rarely seen rows.** AdamW keeps moving a row for tens of steps after it left the batch
 #   (its moments decay as $\beta_1^k$ vs $\sqrt{\beta_2^k}$), so rows seen once travel several
 #   times as far as under Lazy(AdamW): momentum gives rare n-grams a larger effective learning
-#   rate than frequent ones, whose drift is about the same under every Adam variant. The
+#   rate than frequent ones, whose drift is about the same under every Adam variant. The gap
+#   narrows with every pass over the data (6.7x after the 2 epochs of quick mode, 1.6x after
+#   the 6 of the full run): each epoch is another visit of the row, and with the same gradient
+#   at each visit the frozen policy's stored moments make every visit's step larger
+#   ($m/\sqrt{v}$ grows from $0.1/\sqrt{0.001} \approx 3.2$ to about 6 over six visits), while
+#   the distance AdamW adds after each visit shrinks as $v$ accumulates (about $1/\sqrt{j}$ at
+#   the $j$-th visit). That simple model predicts 7.3x and 3.9x; the measured gap narrows
+#   further (the model leaves out weight decay and gradients that change between visits). The
 #   article policy moves rare rows least of all: between two occurrences of a row its first
 #   moment decays ($\beta_1=0.9$) but its second moment hardly does ($\beta_2=0.999$), so each
 #   return starts with a small step, while the frozen policy resumes with the stored momentum.
@@ -502,4 +512,6 @@ slow_shrink = 1 - (1 - LOOKAHEAD_ALPHA + LOOKAHEAD_ALPHA * q**LOOKAHEAD_K) ** (
     total_steps // LOOKAHEAD_K
 )
 assert abs(mean_of("Lookahead(AdamW)", "unseen_shrink") - slow_shrink) < 1e-3, "slow weights off"
-assert summary["seen_once_drift_ratio_adamw_vs_lazy"] > 2.0, "AdamW should move rare rows further"
+assert summary["seen_once_drift_ratio_adamw_vs_lazy"] > MIN_ONCE_DRIFT_RATIO, (
+    "AdamW should move rare rows further"
+)
