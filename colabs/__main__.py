@@ -4,7 +4,9 @@
 ``python -m colabs --sync-links [--check]`` renders the notebooks' badge and setup cells and
 the repository links from ``[project.urls] Repository`` of ``pyproject.toml``;
 ``python -m colabs --readme [--check]`` rewrites README.md's notebook table from the
-notebooks' ``summary.json`` files (see :mod:`colabs.sync`). With ``--check`` nothing is
+notebooks' ``summary.json`` files, its table of full-size runs from the records that
+``--full`` writes to ``colabs/results/NAME.json``, and each notebook's closing cell from
+both (see :mod:`colabs.sync`). With ``--check`` nothing is
 written and the exit status is 1 when a file is out of date; both exit with 2 when they
 cannot work (no ``[project.urls] Repository``, no marked table in README.md).
 
@@ -103,6 +105,7 @@ def run_notebook(
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
                 log.write(line)
+                log.flush()  # run.log can be followed while the notebook runs
                 if stream:
                     sys.stdout.write(line)
                     sys.stdout.flush()
@@ -234,14 +237,24 @@ def _maintenance(args: argparse.Namespace, root: Path) -> int:
         readme = root / "README.md"
         old = readme.read_text(encoding="utf-8")
         new, notes = sync.render_table(root, old)
+        new = sync.render_full_table(root, new)
         for note in notes:
             print(note)
+        scripts = sync.render_closing_cells(root, new)
+        stale = [
+            f"colabs/{name}.py"
+            for name, text in scripts.items()
+            if (root / "colabs" / f"{name}.py").read_text(encoding="utf-8") != text
+        ]
         if args.check:
-            print("README.md's notebook table is " + ("up to date" if new == old else "stale"))
-            return 0 if new == old else 1
+            print("README.md's notebook tables are " + ("up to date" if new == old else "stale"))
+            print("\n".join(f"{path}: closing cell is stale" for path in stale))
+            return 0 if new == old and not stale else 1
         if new != old:
             readme.write_text(new, encoding="utf-8")
-        print("rewrote README.md's notebook table" if new != old else "README.md up to date")
+        print("rewrote README.md's notebook tables" if new != old else "README.md up to date")
+        for path in sync.write_closing_cells(root, new):
+            print(f"rewrote the closing cell of {path.relative_to(root)}")
         return 0
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -313,3 +313,23 @@ expected_lecun = np.log2(widths[-1] / widths[0])  # fan-in keeps per-unit moment
 assert abs(summary["lecun_linear_log2"] - expected_lecun) < 0.15, (
     "LeCun energy ratio is not m_L/n_0"
 )
+
+
+# %% [markdown]
+# **Recorded results.** Written by `python -m colabs --readme` from README.md's notebook table
+# (quick mode) and `colabs/results/init_geometry.json` (the latest `python -m colabs --full
+# init_geometry`); the run above printed its own figures.
+#
+# | figure | quick mode | full size |
+# |---|--:|--:|
+# | `cos_var_rel_err` | 0.041 | 0.0287 |
+# | `ortho_rel_err` | 0.0356 | 0.0206 |
+# | `layer_gain_rel_err` | 0.0081 | 0.0081 |
+# | `stack_dev_bits_linear` | 0.062 | 0.034 |
+# | `stack_dev_bits_relu` | 0.218 | 0.499 |
+# | `fan_out_linear_log2` | -0.03 | -0.023 |
+# | `he_fan_out_relu_log2` | -0.182 | 0.446 |
+# | `lecun_linear_log2` | 0.97 | 1.98 |
+#
+# The full-size run took 85 s on 2 x86_64 CPU cores, Python 3.11.7, jax 0.10.2, flax 0.12.8,
+# optax 0.2.8 (2026-11-30, commit `1faf986`).

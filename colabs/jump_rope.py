@@ -398,3 +398,22 @@ assert 1.7 < summary["catenary_order"] < 2.3 and 1.7 < summary["troposkein_order
     "not O(N^-2)"
 )
 assert all(np.diff([centre_height[g] for g in GRAVITY_FAMILY]) < 0), "gravity should lower the rope"
+
+
+# %% [markdown]
+# **Recorded results.** Written by `python -m colabs --readme` from README.md's notebook table
+# (quick mode) and `colabs/results/jump_rope.json` (the latest `python -m colabs --full
+# jump_rope`); the run above printed its own figures.
+#
+# | figure | quick mode | full size |
+# |---|--:|--:|
+# | `catenary_max_err` | 5.27e-05 | 3.32e-06 |
+# | `troposkein_max_err` | 5.9e-05 | 3.69e-06 |
+# | `max_force_rel_err` | 0.000108 | 6.75e-06 |
+# | `max_end_miss` | 5.96e-08 | 4.3e-07 |
+# | `catenary_order` | 2.01 | 2 |
+# | `troposkein_order` | 2.01 | 2.01 |
+# | `links` | 64 | 256 |
+#
+# The full-size run took 20 s on 2 x86_64 CPU cores, Python 3.11.7, jax 0.10.2, flax 0.12.8,
+# optax 0.2.8 (2026-11-30, commit `1faf986`).

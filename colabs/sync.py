@@ -29,6 +29,7 @@ import math
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,6 +310,16 @@ def render_row(repo: str, name: str, title: str, figures: str) -> str:
     return f"| `{name}` {badge(repo, name)} | {title} | {figures} |"
 
 
+def _between(text: str, begin: str, end: str, what: str) -> tuple[str, str, str]:
+    """``(head, body, tail)`` of ``text`` split at one ``begin`` ... ``end`` section; the
+    markers stay in ``head`` and ``tail``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"README.md needs one {what} between {begin} and {end} (in that order)")
+    head, rest = text.split(begin, 1)
+    body, tail = rest.split(end, 1)
+    return head + begin, body, end + tail
+
+
 def read_table(readme: str) -> tuple[str, list[tuple[str, str]], str]:
     """Split README text at the notebook table.
 
@@ -319,22 +330,13 @@ def read_table(readme: str) -> tuple[str, list[tuple[str, str]], str]:
     Raises:
         ValueError: when the markers are missing, repeated or out of order.
     """
-    if (
-        readme.count(BEGIN) != 1
-        or readme.count(END) != 1
-        or readme.index(BEGIN) > readme.index(END)
-    ):
-        raise ValueError(
-            f"README.md needs one notebook table between {BEGIN} and {END} (in that order)"
-        )
-    head, rest = readme.split(BEGIN, 1)
-    body, tail = rest.split(END, 1)
+    head, body, tail = _between(readme, BEGIN, END, "notebook table")
     rows = []
     for line in body.splitlines():
         match = re.match(r"\|\s*`(\w+)`.*\|(?P<figures>[^|]*)\|\s*$", line)
         if match and line.strip() not in TABLE_HEADER:
             rows.append((match.group(1), match.group("figures").strip()))
-    return head + BEGIN, rows, END + tail
+    return head, rows, tail
 
 
 def _summary(colabs_dir: Path, name: str) -> dict | None:
@@ -453,3 +455,167 @@ def readme_problems(root: Path = ROOT, names: list[str] | None = None) -> dict[s
         elif problems := compare_figures(table[name], summary):
             out[name] = problems
     return out
+
+
+# --------------------------------------------------------------------------- full-size records
+
+FULL_BEGIN, FULL_END = "<!-- colabs-full:begin -->", "<!-- colabs-full:end -->"
+"""The markers around the README's table of recorded full-size runs."""
+FULL_HEADER = (
+    "| notebook | wall time | recorded | figures at full size (`COLABS_FULL=1`) |",
+    "|---|--:|---|---|",
+)
+CLOSING_TITLE = "**Recorded results.**"
+"""First words of each notebook's closing cell (markdown), rendered by :func:`closing_cell`."""
+WRAP = 92
+"""Width of the closing cell's prose lines (before the ``# `` of the jupytext script)."""
+
+
+def read_record(colabs_dir: Path, name: str) -> dict | None:
+    """The record of notebook ``name``'s latest full-size run, ``colabs_dir/results/NAME.json``
+    (written by ``python -m colabs --full``), or ``None`` when there is none.
+
+    Raises:
+        ValueError: when the file exists but is not the record of a full-size run.
+    """
+    path = colabs_dir / "results" / f"{name}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    keys = {"name", "mode", "wall_s", "date", "machine", "commit", "summary"}
+    if (
+        not isinstance(record, dict)
+        or not keys <= record.keys()
+        or record["name"] != name
+        or record["mode"] != "full"
+        or not isinstance(record["summary"], dict)
+        or record["summary"].get("quick") is not False
+    ):
+        raise ValueError(f"{path}: not the record of a full-size run of {name} ({sorted(keys)})")
+    return record
+
+
+def format_wall(seconds: float) -> str:
+    """A wall time in seconds or minutes: ``"48 s"``, ``"12.5 min"``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def render_full_table(root: Path = ROOT, readme: str | None = None) -> str:
+    """README text with its table of full-size runs rendered from ``colabs/results/*.json``.
+
+    One row per notebook, in the order of the quick-mode table: the wall time of the run,
+    its date and commit, and its figures; a notebook without a record says how to make one.
+    The machine of the runs is named above the table (per row when they differ).
+    """
+    colabs_dir = root / "colabs"
+    if readme is None:
+        readme = (root / "README.md").read_text(encoding="utf-8")
+    head, _, tail = _between(readme, FULL_BEGIN, FULL_END, "table of full-size runs")
+    _, rows, _ = read_table(readme)
+    names = _notebook_names(colabs_dir)
+    order = [n for n, _ in rows if n in names] + sorted(set(names) - {n for n, _ in rows})
+    records = {name: read_record(colabs_dir, name) for name in order}
+    machines = sorted({r["machine"] for r in records.values() if r is not None})
+    lines = []
+    if len(machines) == 1:
+        lines += [f"Recorded on {machines[0]}.", ""]
+    lines += list(FULL_HEADER)
+    for name in order:
+        record = records[name]
+        if record is None:
+            lines.append(f"| `{name}` | | not recorded: `python -m colabs --full {name}` | |")
+            continue
+        when = f"{record['date']}, `{record['commit']}`"
+        if len(machines) > 1:
+            when += f", {record['machine']}"
+        figures = render_figures(record["summary"])
+        lines.append(f"| `{name}` | {format_wall(record['wall_s'])} | {when} | {figures} |")
+    return head + "\n" + "\n".join(lines) + "\n" + tail
+
+
+def closing_cell(name: str, record: dict | None, quick: dict[str, object]) -> str:
+    """Source of notebook ``name``'s closing cell (markdown): its quick-mode figures (as in
+    README.md's notebook table) beside those of its recorded full-size run, and that run's
+    wall time, date, commit and machine."""
+    lines = [
+        *textwrap.wrap(
+            f"{CLOSING_TITLE} Written by `python -m colabs --readme` from README.md's notebook "
+            f"table (quick mode) and `colabs/results/{name}.json` (the latest "
+            f"`python -m colabs --full {name}`); the run above printed its own figures.",
+            width=WRAP,
+        ),
+        "",
+    ]
+    if record is None:
+        lines.append(f"No full-size run recorded yet: `python -m colabs --full {name}`.")
+        return "\n".join(lines)
+    full = {k: v for k, v in record["summary"].items() if k != "quick"}
+    keys = [*full, *(k for k in quick if k not in full)]
+    lines += ["| figure | quick mode | full size |", "|---|--:|--:|"]
+    for key in keys:
+        cells = [format_figure(d[key]) if key in d else "" for d in (quick, full)]
+        lines.append(f"| `{key}` | {cells[0]} | {cells[1]} |")
+    lines += [
+        "",
+        *textwrap.wrap(
+            f"The full-size run took {format_wall(record['wall_s'])} on {record['machine']} "
+            f"({record['date']}, commit `{record['commit']}`).",
+            width=WRAP,
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _is_closing(cell: str) -> bool:
+    lines = cell.splitlines()
+    return (
+        lines[0].startswith("# %% [markdown]")
+        and len(lines) > 1
+        and lines[1].startswith(f"# {CLOSING_TITLE}")
+    )
+
+
+def synced_closing(text: str, cell: str) -> str:
+    """The jupytext script ``text`` with its closing cell replaced by ``cell`` (appended when
+    the last cell is not a closing cell)."""
+    header, cells = _cells(text)
+    rendered = _cell_text("# %% [markdown]", cell, comment=True)
+    if cells and _is_closing(cells[-1]):
+        cells[-1] = rendered
+    else:
+        if cells:
+            cells[-1] = cells[-1].rstrip("\n") + "\n\n\n"
+        cells.append(rendered)
+    return header + "".join(cells).rstrip("\n") + "\n"
+
+
+def render_closing_cells(root: Path = ROOT, readme: str | None = None) -> dict[str, str]:
+    """``{name: script text}`` of every notebook with its closing cell rendered from its
+    record and README.md's quick-mode figures (``readme``, default ``root/README.md``)."""
+    colabs_dir = root / "colabs"
+    if readme is None:
+        readme = (root / "README.md").read_text(encoding="utf-8")
+    _, rows, _ = read_table(readme)
+    quick = {name: parse_figures(cell) for name, cell in rows}
+    out = {}
+    for name in _notebook_names(colabs_dir):
+        text = (colabs_dir / f"{name}.py").read_text(encoding="utf-8")
+        cell = closing_cell(name, read_record(colabs_dir, name), quick.get(name, {}))
+        out[name] = synced_closing(text, cell)
+    return out
+
+
+def write_closing_cells(
+    root: Path = ROOT, readme: str | None = None, *, jupytext: bool = True
+) -> list[Path]:
+    """Rewrite every notebook's closing cell (:func:`render_closing_cells`) and regenerate
+    the changed ``.ipynb`` unless ``jupytext=False``. Returns the scripts rewritten."""
+    changed = []
+    for name, new in render_closing_cells(root, readme).items():
+        path = root / "colabs" / f"{name}.py"
+        if path.read_text(encoding="utf-8") != new:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+            if jupytext:
+                _jupytext_update(path)
+    return changed
