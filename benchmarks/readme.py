@@ -21,6 +21,8 @@ import re
 import subprocess
 import sys
 
+from colabs import sync
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
@@ -31,20 +33,12 @@ def markers(name: str) -> tuple[str, str]:
     return f"<!-- benchmarks:{name}:begin -->", f"<!-- benchmarks:{name}:end -->"
 
 
-def section_pattern(name: str) -> re.Pattern:
-    begin, end = markers(name)
-    return re.compile(re.escape(begin) + r"\n(.*?)" + re.escape(end), re.S)
-
-
 def readme_sections(text: str) -> dict[str, str]:
     """Every benchmark section of a README text, by name."""
-    found = re.findall(r"<!-- benchmarks:([\w-]+):begin -->", text)
     out = {}
-    for name in found:
-        match = section_pattern(name).search(text)
-        if match is None:
-            raise ValueError(f"README section {name!r} has a begin marker but no end marker")
-        out[name] = match.group(1)
+    for name in re.findall(r"<!-- benchmarks:([\w-]+):begin -->", text):
+        _, body, _ = sync.split_section(text, *markers(name), f"benchmark section {name!r}")
+        out[name] = body.removeprefix("\n")
     return out
 
 
@@ -93,11 +87,7 @@ def write_readme(names: list[str], readme: pathlib.Path = README) -> bool:
     new = text
     for name in names:
         body = (RESULTS / f"{name}.md").read_text(encoding="utf-8")
-        begin, end = markers(name)
-        match = section_pattern(name).search(new)
-        if match is None:
-            raise ValueError(f"{readme} has no '{begin}' ... '{end}' section")
-        new = new[: match.start()] + f"{begin}\n{body}{end}" + new[match.end() :]
+        new = sync.replace_section(new, *markers(name), body, f"benchmark section {name!r}")
     if new != text:
         readme.write_text(new, encoding="utf-8")
     return new != text

@@ -310,14 +310,26 @@ def render_row(repo: str, name: str, title: str, figures: str) -> str:
     return f"| `{name}` {badge(repo, name)} | {title} | {figures} |"
 
 
-def _between(text: str, begin: str, end: str, what: str) -> tuple[str, str, str]:
-    """``(head, body, tail)`` of ``text`` split at one ``begin`` ... ``end`` section; the
-    markers stay in ``head`` and ``tail``."""
+def split_section(text: str, begin: str, end: str, what: str = "section") -> tuple[str, str, str]:
+    """``(head, body, tail)`` of ``text`` split at its one ``begin`` ... ``end`` section; the
+    markers stay in ``head`` and ``tail``. README.md's generated sections (the notebook
+    tables here, the benchmark tables, the Reliability table) are all read this way.
+
+    Raises:
+        ValueError: unless ``text`` holds each marker once, ``begin`` first.
+    """
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"README.md needs one {what} between {begin} and {end} (in that order)")
     head, rest = text.split(begin, 1)
     body, tail = rest.split(end, 1)
     return head + begin, body, end + tail
+
+
+def replace_section(text: str, begin: str, end: str, body: str, what: str = "section") -> str:
+    """``text`` with the body of its ``begin`` ... ``end`` section (:func:`split_section`)
+    replaced by ``body``, on the lines between the two markers."""
+    head, _, tail = split_section(text, begin, end, what)
+    return head + "\n" + body.strip("\n") + "\n" + tail
 
 
 def read_table(readme: str) -> tuple[str, list[tuple[str, str]], str]:
@@ -330,7 +342,7 @@ def read_table(readme: str) -> tuple[str, list[tuple[str, str]], str]:
     Raises:
         ValueError: when the markers are missing, repeated or out of order.
     """
-    head, body, tail = _between(readme, BEGIN, END, "notebook table")
+    head, body, tail = split_section(readme, BEGIN, END, "notebook table")
     rows = []
     for line in body.splitlines():
         match = re.match(r"\|\s*`(\w+)`.*\|(?P<figures>[^|]*)\|\s*$", line)
@@ -372,7 +384,7 @@ def render_table(
     colabs_dir = root / "colabs"
     if readme is None:
         readme = (root / "README.md").read_text(encoding="utf-8")
-    head, rows, tail = read_table(readme)
+    _, rows, _ = read_table(readme)
     names = _notebook_names(colabs_dir)
     old = dict(rows)
     order = [n for n, _ in rows if n in names] + [n for n in names if n not in old]
@@ -387,7 +399,7 @@ def render_table(
             notes.append(f"{name}: {why}; figures kept from README.md")
         title = notebook_title(colabs_dir / f"{name}.py")
         lines.append(render_row(repo, name, title, figures))
-    return head + "\n" + "\n".join(lines) + "\n" + tail, notes
+    return replace_section(readme, BEGIN, END, "\n".join(lines), "notebook table"), notes
 
 
 def is_timing(key: str) -> bool:
@@ -510,7 +522,8 @@ def render_full_table(root: Path = ROOT, readme: str | None = None) -> str:
     colabs_dir = root / "colabs"
     if readme is None:
         readme = (root / "README.md").read_text(encoding="utf-8")
-    head, _, tail = _between(readme, FULL_BEGIN, FULL_END, "table of full-size runs")
+    what = "table of full-size runs"
+    split_section(readme, FULL_BEGIN, FULL_END, what)  # fail before reading the records
     _, rows, _ = read_table(readme)
     names = _notebook_names(colabs_dir)
     order = [n for n, _ in rows if n in names] + sorted(set(names) - {n for n, _ in rows})
@@ -530,7 +543,7 @@ def render_full_table(root: Path = ROOT, readme: str | None = None) -> str:
             when += f", {record['machine']}"
         figures = render_figures(record["summary"])
         lines.append(f"| `{name}` | {format_wall(record['wall_s'])} | {when} | {figures} |")
-    return head + "\n" + "\n".join(lines) + "\n" + tail
+    return replace_section(readme, FULL_BEGIN, FULL_END, "\n".join(lines), what)
 
 
 def closing_cell(name: str, record: dict | None, quick: dict[str, object]) -> str:

@@ -35,6 +35,7 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from colabs import sync
 from flax_layers import (
     BertConfig,
     BertModel,
@@ -107,20 +108,13 @@ def render_table(rows: list[Contract] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _section(text: str) -> re.Match | None:
-    return re.search(re.escape(BEGIN) + r"\n?(.*?)\n?" + re.escape(END), text, re.S)
-
-
 def rewrite_readme(path: pathlib.Path = README) -> bool:
     """Replaces the README section between the markers by :func:`render_table`.
 
     Returns whether the file changed; raises ``ValueError`` without the markers.
     """
     text = path.read_text(encoding="utf-8")
-    match = _section(text)
-    if match is None:
-        raise ValueError(f"{path} has no '{BEGIN}' ... '{END}' section; add the markers first.")
-    new = text[: match.start()] + f"{BEGIN}\n{render_table()}\n{END}" + text[match.end() :]
+    new = sync.replace_section(text, BEGIN, END, render_table(), "Reliability table")
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
@@ -824,13 +818,9 @@ def test_rewrite_readme_replaces_only_the_section(tmp_path):
 
 
 def test_readme_table_matches_contracts():
-    match = _section(README.read_text(encoding="utf-8"))
-    if match is None:
-        pytest.skip(
-            f"README.md has no {BEGIN} ... {END} section yet; add the markers, then run "
-            "`python -m tests.test_contracts --readme`."
-        )
-    assert match.group(1).strip() == render_table(), (
+    text = README.read_text(encoding="utf-8")
+    _, body, _ = sync.split_section(text, BEGIN, END, "Reliability table")
+    assert body.strip() == render_table(), (
         "README reliability table is stale: run `python -m tests.test_contracts --readme`."
     )
 
